@@ -1,0 +1,13 @@
+//! vessel: a containerd shim v2 runtime that runs pods and containers in sandboxes.
+//!
+//! - [`oci`]: the conversion core, OCI bundle -> sandbox / container config.
+//! - [`config`]: the runtime configuration file and its allow-lists.
+//! - [`shim`]: the containerd Task service.
+//! - [`sandbox`]: the sandbox backends behind one trait.
+
+pub mod config;
+pub mod convert;
+pub mod logging;
+pub mod oci;
+pub mod sandbox;
+pub mod shim;

@@ -1,0 +1,70 @@
+//! Structured logging with slog, written as JSON lines to containerd's shim log.
+//!
+//! The shim daemon writes to the `log` fifo containerd opens in the bundle directory; the
+//! `start` and `delete` actions, which containerd runs with stderr captured, write to stderr.
+//! Records of the `log` crate (used by the containerd-shim crate) are forwarded to the same drain.
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    sync::OnceLock,
+};
+
+use slog::{o, Drain, Level, Logger};
+
+/// The process-wide logger; stays installed for the life of the process.
+static GUARD: OnceLock<slog_scope::GlobalLoggerGuard> = OnceLock::new();
+
+/// Installs the global logger for this process and returns it.
+///
+/// `to_fifo` selects the `log` fifo in the current directory (the shim daemon) over stderr;
+/// `debug` lowers the level from info to debug.
+pub fn init(to_fifo: bool, debug: bool, fields: (&str, &str)) -> Logger {
+    let sink: Box<dyn Write + Send> = if to_fifo {
+        open_fifo("log").unwrap_or_else(|| Box::new(std::io::stderr()))
+    } else {
+        Box::new(std::io::stderr())
+    };
+    let level = if debug { Level::Debug } else { Level::Info };
+    let json = slog_json::Json::new(sink)
+        .add_default_keys()
+        .build()
+        .fuse();
+    let drain = slog_async::Async::new(json.filter_level(level).fuse())
+        .chan_size(1024)
+        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
+        .build()
+        .fuse();
+    let logger = Logger::root(
+        drain,
+        o!("source" => "vessel", "namespace" => fields.0.to_string(), "id" => fields.1.to_string()),
+    );
+    if GUARD
+        .set(slog_scope::set_global_logger(logger.clone()))
+        .is_ok()
+    {
+        let log_level = if debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        };
+        let _ = slog_stdlog::init_with_level(log_level.to_level().unwrap_or(log::Level::Info));
+        log::set_max_level(log_level);
+    }
+    logger
+}
+
+/// Opens the fifo at `path` for writing without blocking when containerd reads no log.
+fn open_fifo(path: &str) -> Option<Box<dyn Write + Send>> {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    // Writes must block rather than drop lines once the fifo is open.
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    Some(Box::new(file))
+}

@@ -1,0 +1,39 @@
+//! The conversion core: an OCI bundle's spec -> the sandbox or container configuration, a port
+//! of kata-containers' `virtcontainers/pkg/oci` with its known defects fixed and annotations
+//! treated as untrusted.
+//!
+//! - [`sandbox_config`] / [`container_config`]: the conversions.
+//! - [`container_type`] / [`sandbox_id`]: what a bundle is, from CRI annotations.
+//! - [`annotations`]: the honoured annotation keys and the policy that restricts them.
+//! - [`RuntimeConfig`]: the settings a conversion starts from (see [`crate::config`]).
+
+pub mod annotations;
+mod container;
+mod cri;
+mod env;
+mod error;
+pub mod experimental;
+mod hypervisor;
+mod names;
+mod runtime;
+mod sandbox;
+mod state;
+
+pub(crate) use names::named_enum;
+
+pub use container::{
+    container_config, Capabilities, Cmd, ContainerConfig, DeviceInfo, Mount, RootFs,
+};
+pub use cri::{container_type, sandbox_id, ContainerType};
+pub use env::{env_vars, EnvVar};
+pub use error::Error;
+pub use hypervisor::{
+    host_cpus, max_qemu_vcpus, HypervisorConfig, Param, DEFAULT_SHM_SIZE, MIN_HYPERVISOR_MEMORY,
+};
+pub use names::{BlockDeviceDriver, HypervisorType, InterworkingModel, SharedFs, VirtioFsCache};
+pub use runtime::{AgentConfig, FactoryConfig, RuntimeConfig};
+pub use sandbox::{sandbox_config, NetworkConfig, SandboxConfig};
+pub use state::State;
+
+#[cfg(test)]
+mod tests;

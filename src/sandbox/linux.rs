@@ -1,0 +1,571 @@
+//! The `linux` backend: containers as host processes in namespaces, created by an OCI runtime
+//! binary (runc by default, crun selectable) through the `runc` crate.
+//!
+//! Container processes are reparented to the shim (a subreaper); the containerd-shim crate's
+//! reaper collects them and this backend turns their pids into [`Exit`]s.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use async_trait::async_trait;
+use containerd_shim::{
+    asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
+    cgroup,
+    monitor::{Subject, Topic},
+    util::convert_to_any,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::{LinuxResources, Process};
+use runc::{
+    io::{IoOption, PipedIo},
+    options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts},
+    Command, Runc, Spawner,
+};
+use tokio::{
+    io::AsyncReadExt,
+    sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
+};
+
+use super::{
+    console::{self, ConsoleSocket},
+    ContainerRequest, Error, Exit, ProcessIo, Result, Sandbox, Started, StdioWanted,
+};
+
+/// How many exits of not (yet) known pids are remembered, for a process that exits before
+/// the runtime has told us its pid.
+const UNCLAIMED_EXITS: usize = 1024;
+
+/// The linux sandbox backend.
+pub struct LinuxSandbox {
+    runc: Runc,
+    binary: String,
+    state: PathBuf,
+    tracked: Arc<Mutex<Tracker>>,
+    exits: Mutex<Option<UnboundedReceiver<Exit>>>,
+    processes: Mutex<HashMap<(String, String), u32>>,
+    consoles: Mutex<HashMap<(String, String), File>>,
+}
+
+/// Maps reaped pids to the processes they belong to.
+struct Tracker {
+    processes: HashMap<u32, (String, String)>,
+    unclaimed: Vec<(u32, u32, SystemTime)>,
+    sender: UnboundedSender<Exit>,
+}
+
+impl Tracker {
+    /// Records that `pid` is `(container, exec)`; emits its exit at once if it already died.
+    fn track(&mut self, pid: u32, container_id: &str, exec_id: &str) {
+        if let Some(index) = self.unclaimed.iter().position(|(p, _, _)| *p == pid) {
+            let (_, status, at) = self.unclaimed.swap_remove(index);
+            self.emit(pid, container_id.into(), exec_id.into(), status, at);
+        } else {
+            self.processes
+                .insert(pid, (container_id.into(), exec_id.into()));
+        }
+    }
+
+    /// Handles the reaper's news that `pid` exited with `status`.
+    fn reaped(&mut self, pid: u32, status: u32) {
+        let at = SystemTime::now();
+        match self.processes.remove(&pid) {
+            Some((container_id, exec_id)) => self.emit(pid, container_id, exec_id, status, at),
+            None => {
+                if self.unclaimed.len() >= UNCLAIMED_EXITS {
+                    self.unclaimed.remove(0);
+                }
+                self.unclaimed.push((pid, status, at));
+            }
+        }
+    }
+
+    fn emit(&self, pid: u32, container_id: String, exec_id: String, status: u32, at: SystemTime) {
+        let _ = self.sender.send(Exit {
+            container_id,
+            exec_id,
+            pid,
+            status,
+            at,
+        });
+    }
+}
+
+impl LinuxSandbox {
+    /// A backend driving the OCI runtime `binary` with its state under `state`
+    /// (one directory per containerd namespace).
+    pub async fn new(binary: &str, state: &Path) -> Result<Self> {
+        std::fs::create_dir_all(state).map_err(|source| Error::Io {
+            context: format!("create runtime state dir {}", state.display()),
+            source,
+        })?;
+        let runc = runtime(binary, state)?;
+        let (sender, receiver) = unbounded_channel();
+        let tracked = Arc::new(Mutex::new(Tracker {
+            processes: HashMap::new(),
+            unclaimed: Vec::new(),
+            sender,
+        }));
+        watch_exits(tracked.clone()).await?;
+        Ok(Self {
+            runc,
+            binary: binary.to_string(),
+            state: state.to_path_buf(),
+            tracked,
+            exits: Mutex::new(Some(receiver)),
+            processes: Mutex::new(HashMap::new()),
+            consoles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Prepares the streams of a process about to be created: pipes, or a console socket.
+    fn prepare_io(
+        &self,
+        stdio: StdioWanted,
+        socket_name: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PreparedIo> {
+        if stdio.terminal {
+            let path = self.state.join(format!("{socket_name}.console.sock"));
+            let socket = ConsoleSocket::bind(&path).map_err(|source| Error::Io {
+                context: format!("console socket {}", path.display()),
+                source,
+            })?;
+            return Ok(PreparedIo::Console(socket));
+        }
+        let option = IoOption {
+            open_stdin: stdio.stdin,
+            open_stdout: stdio.stdout,
+            open_stderr: stdio.stderr,
+        };
+        let pipes = PipedIo::new(uid, gid, &option).map_err(|source| Error::Io {
+            context: "create stdio pipes".into(),
+            source,
+        })?;
+        Ok(PreparedIo::Pipes(Arc::new(pipes)))
+    }
+
+    /// Runs `launch` (the runtime command creating the process) and returns the shim's ends
+    /// of the process's streams; a terminal is received while the runtime runs.
+    async fn launch_with_io<F>(
+        &self,
+        prepared: PreparedIo,
+        stdio: StdioWanted,
+        key: (String, String),
+        launch: F,
+    ) -> Result<ProcessIo>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        match prepared {
+            PreparedIo::Pipes(pipes) => {
+                launch.await?;
+                use runc::Io;
+                Ok(ProcessIo {
+                    stdin: pipes.stdin().map(|w| w as _),
+                    stdout: pipes.stdout().map(|r| r as _),
+                    stderr: pipes.stderr().map(|r| r as _),
+                })
+            }
+            PreparedIo::Console(socket) => {
+                let receive = socket.receive();
+                tokio::pin!(launch, receive);
+                // The runtime hands the terminal over before it returns, so once it succeeded
+                // the connection is already queued; if it failed, nothing will ever connect.
+                let master = tokio::select! {
+                    ran = &mut launch => { ran?; receive.await }
+                    master = &mut receive => { let master = master; launch.await?; master }
+                }
+                .map_err(|source| Error::Io {
+                    context: "receive the terminal from the runtime".into(),
+                    source,
+                })?;
+                let handle = master.try_clone().map_err(|source| Error::Io {
+                    context: "duplicate the terminal".into(),
+                    source,
+                })?;
+                let pty = containerd_shim::asynchronous::io::Pty::new(master).map_err(|e| {
+                    Error::Io {
+                        context: "register the terminal".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }
+                })?;
+                self.lock_consoles().insert(key, handle);
+                Ok(ProcessIo {
+                    stdin: stdio.stdin.then(|| Box::new(pty.clone()) as _),
+                    stdout: Some(Box::new(pty)),
+                    stderr: None,
+                })
+            }
+        }
+    }
+
+    fn lock_consoles(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), File>> {
+        self.consoles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_processes(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        self.processes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers the pid of a process the runtime started and watches for its exit.
+    fn track(&self, pid: u32, container_id: &str, exec_id: &str) {
+        self.lock_processes()
+            .insert((container_id.to_string(), exec_id.to_string()), pid);
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .track(pid, container_id, exec_id);
+    }
+
+    fn pid_of(&self, id: &str, exec_id: &str) -> Result<u32> {
+        self.lock_processes()
+            .get(&(id.to_string(), exec_id.to_string()))
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("process {id} {exec_id}")))
+    }
+}
+
+/// Streams prepared for a process before the runtime creates it.
+enum PreparedIo {
+    Pipes(Arc<PipedIo>),
+    Console(ConsoleSocket),
+}
+
+impl PreparedIo {
+    fn pipes(&self) -> Option<Arc<PipedIo>> {
+        match self {
+            PreparedIo::Pipes(p) => Some(p.clone()),
+            PreparedIo::Console(_) => None,
+        }
+    }
+
+    fn console(&self) -> Option<&Path> {
+        match self {
+            PreparedIo::Console(c) => Some(c.path()),
+            PreparedIo::Pipes(_) => None,
+        }
+    }
+}
+
+/// Removes what is left of container `id` after its shim died: the `delete` action.
+pub async fn force_delete(binary: &str, state: &Path, id: &str) -> Result<()> {
+    let runc = GlobalOpts::new()
+        .command(binary)
+        .root(state)
+        .build()
+        .map_err(|e| runtime_error("find", binary, e))?;
+    let opts = DeleteOpts::new().force(true);
+    match runc.delete(id, Some(&opts)).await {
+        Ok(()) => Ok(()),
+        Err(e) => match runtime_error("delete", id, e) {
+            error if error.to_string().contains("does not exist") => Ok(()),
+            error => Err(error),
+        },
+    }
+}
+
+/// Builds the runtime client for `binary`, resolved in PATH unless absolute.
+fn runtime(binary: &str, state: &Path) -> Result<Runc> {
+    let mut opts = GlobalOpts::new().command(binary).root(state);
+    opts.custom_spawner(Arc::new(ReapedSpawner));
+    opts.build().map_err(|e| runtime_error("find", binary, e))
+}
+
+fn runtime_error(op: &'static str, id: &str, e: runc::error::Error) -> Error {
+    let message = match e {
+        runc::error::Error::CommandFailed { stdout, stderr, status } => {
+            let text = format!("{} {}", stderr.trim(), stdout.trim());
+            format!("{} ({status})", text.trim())
+        }
+        other => other.to_string(),
+    };
+    Error::Runtime {
+        op,
+        id: id.to_string(),
+        message,
+    }
+}
+
+/// Reads a pid file the runtime wrote, then removes it.
+async fn read_pid_file(path: &Path) -> Result<u32> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("read pid file {}", path.display()),
+            source,
+        })?;
+    let _ = tokio::fs::remove_file(path).await;
+    text.trim().parse().map_err(|_| Error::Io {
+        context: format!("pid file {}", path.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, text.clone()),
+    })
+}
+
+/// Forwards the reaper's exits to the tracker for as long as the shim lives.
+async fn watch_exits(tracked: Arc<Mutex<Tracker>>) -> Result<()> {
+    let mut subscription = monitor_subscribe(Topic::Pid)
+        .await
+        .map_err(|e| Error::Io {
+            context: "subscribe to process exits".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    tokio::spawn(async move {
+        while let Some(event) = subscription.rx.recv().await {
+            if let Subject::Pid(pid) = event.subject {
+                tracked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .reaped(pid as u32, event.exit_code as u32);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs runtime commands and learns their exit from the reaper, which owns `waitpid`.
+#[derive(Debug)]
+struct ReapedSpawner;
+
+#[async_trait]
+impl Spawner for ReapedSpawner {
+    async fn execute(&self, mut cmd: Command) -> runc::Result<(ExitStatus, u32, String, String)> {
+        let mut subscription = monitor_subscribe(Topic::Pid)
+            .await
+            .map_err(|e| runc::error::Error::Other(Box::new(e)))?;
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = monitor_unsubscribe(subscription.id).await;
+                return Err(runc::error::Error::ProcessSpawnFailed(e));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        let read = |stream: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| async move {
+            let mut text = String::new();
+            if let Some(mut stream) = stream {
+                let mut bytes = Vec::new();
+                let _ = stream.read_to_end(&mut bytes).await;
+                text = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            text
+        };
+        let mut child = child;
+        let stdout = child.stdout.take().map(|s| Box::new(s) as _);
+        let stderr = child.stderr.take().map(|s| Box::new(s) as _);
+        let wait = async {
+            while let Some(event) = subscription.rx.recv().await {
+                if matches!(event.subject, Subject::Pid(p) if p as u32 == pid) {
+                    return event.exit_code;
+                }
+            }
+            -1
+        };
+        let (stdout, stderr, code) = tokio::join!(read(stdout), read(stderr), wait);
+        let _ = monitor_unsubscribe(subscription.id).await;
+        Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, stdout, stderr))
+    }
+}
+
+#[async_trait]
+impl Sandbox for LinuxSandbox {
+    async fn create(&self, req: &ContainerRequest) -> Result<Started> {
+        let (uid, gid) = req
+            .spec
+            .process()
+            .as_ref()
+            .map(|p| (p.user().uid(), p.user().gid()))
+            .unwrap_or((0, 0));
+        let prepared = self.prepare_io(req.stdio, &req.id, uid, gid)?;
+        // `delete` after a shim crash must know which runtime to ask.
+        let runtime_file = req.bundle.join(crate::shim::RUNTIME_FILE);
+        std::fs::write(&runtime_file, self.binary.as_bytes()).map_err(|source| Error::Io {
+            context: format!("write {}", runtime_file.display()),
+            source,
+        })?;
+        let pid_file = req.bundle.join("init.pid");
+        let mut opts = CreateOpts::new().pid_file(&pid_file);
+        if let Some(pipes) = prepared.pipes() {
+            opts = opts.io(pipes);
+        }
+        if let Some(path) = prepared.console() {
+            opts = opts.console_socket(path);
+        }
+        let launch = async {
+            self.runc
+                .create(&req.id, &req.bundle, Some(&opts))
+                .await
+                .map(|_| ())
+                .map_err(|e| runtime_error("create", &req.id, e))
+        };
+        let key = (req.id.clone(), String::new());
+        let io = self.launch_with_io(prepared, req.stdio, key, launch).await?;
+        let pid = read_pid_file(&pid_file).await?;
+        self.track(pid, &req.id, "");
+        Ok(Started { pid, io })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.runc
+            .start(id)
+            .await
+            .map(|_| ())
+            .map_err(|e| runtime_error("start", id, e))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: &Process,
+        stdio: StdioWanted,
+    ) -> Result<Started> {
+        let name = format!("{id}.{exec_id}");
+        let pid_file = self.state.join(format!("{name}.pid"));
+        let prepared = self.prepare_io(stdio, &name, spec.user().uid(), spec.user().gid())?;
+        let mut opts = ExecOpts::new().pid_file(&pid_file).detach(true);
+        if let Some(pipes) = prepared.pipes() {
+            opts = opts.io(pipes);
+        }
+        if let Some(path) = prepared.console() {
+            opts = opts.console_socket(path);
+        }
+        let launch = async {
+            self.runc
+                .exec(id, spec, Some(&opts))
+                .await
+                .map_err(|e| runtime_error("exec", id, e))
+        };
+        let key = (id.to_string(), exec_id.to_string());
+        let io = self.launch_with_io(prepared, stdio, key, launch).await?;
+        let pid = read_pid_file(&pid_file).await?;
+        self.track(pid, id, exec_id);
+        Ok(Started { pid, io })
+    }
+
+    async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        if exec_id.is_empty() {
+            let opts = KillOpts::new().all(all);
+            return self
+                .runc
+                .kill(id, signal, Some(&opts))
+                .await
+                .map_err(|e| runtime_error("kill", id, e));
+        }
+        let pid = self.pid_of(id, exec_id)?;
+        let signal = nix::sys::signal::Signal::try_from(signal as i32).map_err(|e| Error::Io {
+            context: format!("signal {signal}"),
+            source: e.into(),
+        })?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|e| {
+            Error::Io {
+                context: format!("kill exec {exec_id} of {id}"),
+                source: e.into(),
+            }
+        })
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        let opts = DeleteOpts::new().force(true);
+        let result = self.runc.delete(id, Some(&opts)).await;
+        self.lock_processes().retain(|(c, _), _| c != id);
+        self.lock_consoles().retain(|(c, _), _| c != id);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let error = runtime_error("delete", id, e);
+                if error.to_string().contains("does not exist") {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    async fn delete_exec(&self, id: &str, exec_id: &str) {
+        let key = (id.to_string(), exec_id.to_string());
+        self.lock_consoles().remove(&key);
+        self.lock_processes().remove(&key);
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.runc
+            .pause(id)
+            .await
+            .map_err(|e| runtime_error("pause", id, e))
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.runc
+            .resume(id)
+            .await
+            .map_err(|e| runtime_error("resume", id, e))
+    }
+
+    async fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        let pids = self
+            .runc
+            .ps(id)
+            .await
+            .map_err(|e| runtime_error("ps", id, e))?;
+        Ok(pids.into_iter().map(|p| p as u32).collect())
+    }
+
+    async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        self.runc
+            .update(id, resources)
+            .await
+            .map_err(|e| runtime_error("update", id, e))
+    }
+
+    async fn stats(&self, id: &str) -> Result<Any> {
+        let pid = self.pid_of(id, "")?;
+        let metrics = tokio::task::spawn_blocking(move || cgroup_metrics(pid))
+            .await
+            .map_err(|e| Error::Io {
+                context: "collect metrics".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        metrics.map_err(|e| Error::Io {
+            context: format!("collect cgroup metrics of {id}"),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let consoles = self.lock_consoles();
+        let master = consoles
+            .get(&(id.to_string(), exec_id.to_string()))
+            .ok_or_else(|| Error::NotFound(format!("terminal of {id} {exec_id}")))?;
+        console::resize(master, width, height).map_err(|source| Error::Io {
+            context: "resize terminal".into(),
+            source,
+        })
+    }
+
+    fn exits(&self) -> Option<UnboundedReceiver<Exit>> {
+        self.exits.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    async fn shutdown(&self) {
+        let _ = std::fs::remove_dir(&self.state);
+    }
+}
+
+/// The cgroup metrics of `pid`'s cgroup, v1 or v2 as the host mounts them.
+fn cgroup_metrics(pid: u32) -> containerd_shim::Result<Any> {
+    let group = cgroup::get_cgroup(pid)?;
+    if group.v2() {
+        convert_to_any(Box::new(cgroup::collect_metrics_v2(&group)?))
+    } else {
+        convert_to_any(Box::new(cgroup::collect_metrics(&group)?))
+    }
+}

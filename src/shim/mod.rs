@@ -1,0 +1,314 @@
+//! The shim v2 process: `start`, `delete` and the daemon serving the Task API over ttrpc.
+//!
+//! containerd 1.6/1.7 read the `start` reply as a plain address and call
+//! `containerd.task.v2.Task`; containerd 2.x calls `containerd.task.v3.Task`. The daemon
+//! serves the same service under both names.
+
+mod bundle;
+mod io;
+mod process;
+mod service;
+
+use std::{
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use containerd_shim::{
+    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher, ExitSignal},
+    Flags,
+};
+use containerd_shim_protos::{
+    protobuf::Message,
+    shim_async::{create_task, Task},
+    ttrpc::r#async::{transport::Listener, Server},
+};
+use nix::{
+    sys::wait::{waitpid, WaitPidFlag, WaitStatus},
+    unistd::Pid,
+};
+use slog::{error, info, warn, Logger};
+use tokio::{io::AsyncReadExt, signal::unix::SignalKind};
+
+use crate::{logging, sandbox};
+
+/// The runtime type containerd knows vessel by.
+pub const RUNTIME_ID: &str = "io.containerd.vessel.v2";
+
+/// The ttrpc service names of the Task API: containerd 1.x, then 2.x.
+const TASK_SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
+
+/// File in the bundle naming the OCI runtime binary that created the container.
+pub const RUNTIME_FILE: &str = "runtime";
+
+/// Runs the action containerd asked for and returns the process exit code.
+pub async fn run() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = match containerd_shim::parse(&args) {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if flags.version {
+        println!("{RUNTIME_ID} {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let result = match flags.action.as_str() {
+        "start" => start(&flags).await,
+        "delete" => delete(&flags).await,
+        "" => serve(&flags).await,
+        other => Err(format!(
+            "unknown action {other:?} (accepted: start, delete, convert, or none to serve)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{RUNTIME_ID}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The bundle directory: `-bundle`, or the working directory containerd starts us in.
+fn bundle_dir(flags: &Flags) -> PathBuf {
+    if flags.bundle.is_empty() {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+    } else {
+        PathBuf::from(&flags.bundle)
+    }
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// `start`: prints the address of the shim serving this container's sandbox, spawning the
+/// daemon unless the pod's shim already runs.
+async fn start(flags: &Flags) -> Result<(), String> {
+    let logger = logging::init(false, flags.debug, (&flags.namespace, &flags.id));
+    let bundle = bundle_dir(flags);
+    let spec = bundle::load_spec(&bundle)?;
+    let grouping = bundle::grouping(&spec, &flags.id)?;
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
+    if !answers(&address).await {
+        spawn_daemon(flags, &bundle, &address, &logger).await?;
+    } else {
+        info!(logger, "joining the sandbox's shim"; "sandbox" => &grouping);
+    }
+    std::fs::write(bundle.join("address"), &address)
+        .map_err(|e| format!("write {}/address: {e}", bundle.display()))?;
+    print!("{address}");
+    Ok(())
+}
+
+/// Whether a shim serves at `address`.
+async fn answers(address: &str) -> bool {
+    tokio::net::UnixStream::connect(socket_path(address))
+        .await
+        .is_ok()
+}
+
+/// Starts the daemon for `address` and waits until it serves.
+async fn spawn_daemon(
+    flags: &Flags,
+    bundle: &Path,
+    address: &str,
+    logger: &Logger,
+) -> Result<(), String> {
+    let binary = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .current_dir(bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .args(["-namespace", &flags.namespace, "-id", &flags.id])
+        .args(["-address", &flags.address, "-socket", address]);
+    if !flags.publish_binary.is_empty() {
+        command.args(["-publish-binary", &flags.publish_binary]);
+    }
+    if flags.debug {
+        command.arg("-debug");
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("spawn the shim daemon: {e}"))?;
+    // The daemon closes its stdout once it serves (or dies): read to the end.
+    if let Some(mut ready) = child.stdout.take() {
+        let mut ignored = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready.read_to_end(&mut ignored))
+            .await;
+    }
+    if !answers(address).await {
+        let _ = child.start_kill();
+        return Err(format!("the shim daemon did not come up at {address}"));
+    }
+    if let Some(pid) = child.id() {
+        let _ = std::fs::write(bundle.join("shim.pid"), pid.to_string());
+        info!(logger, "shim daemon started"; "pid" => pid, "address" => address);
+    }
+    Ok(())
+}
+
+/// `delete`: cleans up after a shim that died: kills and removes what is left of the
+/// container, unmounts its root file system, and reports it killed.
+async fn delete(flags: &Flags) -> Result<(), String> {
+    let logger = logging::init(false, flags.debug, (&flags.namespace, &flags.id));
+    let bundle = bundle_dir(flags);
+    let binary = std::fs::read_to_string(bundle.join(RUNTIME_FILE))
+        .map(|b| b.trim().to_string())
+        .unwrap_or_else(|_| "runc".to_string());
+    let state = sandbox::state_dir(&flags.namespace);
+    if let Err(e) = sandbox::linux::force_delete(&binary, &state, &flags.id).await {
+        warn!(logger, "delete leftovers"; "error" => %e);
+    }
+    bundle::unmount_rootfs(&bundle);
+    stop_own_daemon(&bundle, flags, &logger);
+    let response = containerd_shim::DeleteResponse {
+        pid: 0,
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: Some(process::to_timestamp(std::time::SystemTime::now())).into(),
+        ..Default::default()
+    };
+    let bytes = response
+        .write_to_bytes()
+        .map_err(|e| format!("encode delete response: {e}"))?;
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| format!("write delete response: {e}"))
+}
+
+/// Kills a daemon that a failed start left behind for this bundle, when the bundle is its
+/// sandbox's own (a pod container's bundle must not take the pod's shim down).
+fn stop_own_daemon(bundle: &Path, flags: &Flags, logger: &Logger) {
+    let Ok(spec) = bundle::load_spec(bundle) else {
+        return;
+    };
+    if bundle::grouping(&spec, &flags.id).ok().as_deref() != Some(flags.id.as_str()) {
+        return;
+    }
+    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    if exe.as_deref() == std::env::current_exe().ok().as_deref() && pid != std::process::id() as i32
+    {
+        warn!(logger, "stopping the shim daemon left behind"; "pid" => pid);
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The daemon: serves the Task API until the last container is gone.
+async fn serve(flags: &Flags) -> Result<(), String> {
+    let logger = logging::init(true, flags.debug, (&flags.namespace, &flags.id));
+    if flags.socket.is_empty() {
+        return Err("-socket is required to serve".into());
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        warn!(logger, "cannot become a subreaper"; "error" => %e);
+    }
+    let listener = match bind(&flags.socket).await? {
+        Some(listener) => listener,
+        None => {
+            info!(logger, "another shim already serves"; "address" => &flags.socket);
+            signal_ready();
+            return Ok(());
+        }
+    };
+    tokio::spawn(reap_children(logger.clone()));
+    let ttrpc_address =
+        std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .map_err(|e| format!("connect to containerd at {ttrpc_address}: {e}"))?;
+    let exit = Arc::new(ExitSignal::default());
+    let service: Arc<dyn Task + Send + Sync> = Arc::new(service::TaskService::new(
+        &flags.namespace,
+        publisher,
+        exit.clone(),
+        logger.clone(),
+    ));
+    let listener = Listener::try_from(listener).map_err(|e| format!("ttrpc listener: {e}"))?;
+    let mut server = Server::new().add_listener(listener);
+    for name in TASK_SERVICES {
+        let mut services = create_task(service.clone());
+        if let Some(task) = services.remove(TASK_SERVICES[1]) {
+            server = server.register_service([(name.to_string(), task)].into());
+        }
+    }
+    server
+        .start()
+        .await
+        .map_err(|e| format!("start ttrpc server: {e}"))?;
+    signal_ready();
+    info!(logger, "serving"; "address" => &flags.socket, "pid" => std::process::id());
+    exit.wait().await;
+    info!(logger, "shutting down");
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(socket_path(&flags.socket));
+    Ok(())
+}
+
+/// Binds the shim socket; `None` when a live shim already serves there.
+async fn bind(address: &str) -> Result<Option<UnixListener>, String> {
+    let path = socket_path(address);
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("socket dir {}: {e}", dir.display()))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if answers(address).await {
+                return Ok(None);
+            }
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path)
+                .map(Some)
+                .map_err(|e| format!("bind {path}: {e}"))
+        }
+        Err(e) => Err(format!("bind {path}: {e}")),
+    }
+}
+
+/// Tells `start` the daemon is up by closing stdout (pointing it at stderr, /dev/null).
+fn signal_ready() {
+    // SAFETY: dup2 on the process's own standard descriptors.
+    unsafe {
+        libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+    }
+}
+
+/// Reaps every child (the shim is a subreaper) and reports each exit to the monitor.
+async fn reap_children(logger: Logger) {
+    let mut signals = match tokio::signal::unix::signal(SignalKind::child()) {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!(logger, "cannot watch SIGCHLD"; "error" => %e);
+            return;
+        }
+    };
+    while signals.recv().await.is_some() {
+        loop {
+            let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if let Err(e) = monitor_notify_by_pid(pid.as_raw(), code).await {
+                warn!(logger, "report exit"; "pid" => pid.as_raw(), "error" => %e);
+            }
+        }
+    }
+}

@@ -1,0 +1,850 @@
+//! The containerd Task service: the shim v2 API over ttrpc, driving one [`Sandbox`].
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use containerd_shim::{
+    asynchronous::{publisher::RemotePublisher, ExitSignal},
+    protos::api::Status,
+    util::convert_to_any,
+};
+use containerd_shim_protos::{
+    api,
+    events::task::{
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+        TaskResumed, TaskStart,
+    },
+    protobuf::{well_known_types::empty::Empty, MessageDyn},
+    shim_async::Task,
+    topics,
+    ttrpc::{self, r#async::TtrpcContext, Code},
+};
+use slog::{debug, error, info, Logger};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::{
+    bundle,
+    process::{ExitInfo, Process, StdioPaths},
+};
+use crate::{
+    config::Config,
+    oci::RuntimeConfig,
+    sandbox::{ContainerRequest, Exit, Sandbox, StdioWanted},
+};
+
+/// Version reported by Connect.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A container the shim serves.
+struct Container {
+    bundle: PathBuf,
+    init: Process,
+    execs: HashMap<String, Process>,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> ttrpc::Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| not_found(format!("exec {exec_id} not found")))
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> ttrpc::Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| not_found(format!("exec {exec_id} not found")))
+    }
+}
+
+/// Shared state of the service and its exit handler.
+struct State {
+    namespace: String,
+    containers: Mutex<HashMap<String, Container>>,
+    publisher: RemotePublisher,
+    logger: Logger,
+}
+
+impl State {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let ctx = containerd_shim::Context::default();
+        if let Err(e) = self
+            .publisher
+            .publish(ctx, topic, &self.namespace, event)
+            .await
+        {
+            error!(self.logger, "publish event"; "topic" => topic, "error" => %e);
+        }
+    }
+}
+
+/// The Task service.
+pub struct TaskService {
+    state: Arc<State>,
+    config: OnceCell<(Config, RuntimeConfig)>,
+    sandbox: OnceCell<Arc<dyn Sandbox>>,
+    exit: Arc<ExitSignal>,
+}
+
+impl TaskService {
+    /// A service publishing through `publisher`, signalling `exit` when it should stop.
+    pub fn new(
+        namespace: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+        logger: Logger,
+    ) -> Self {
+        Self {
+            state: Arc::new(State {
+                namespace: namespace.to_string(),
+                containers: Mutex::new(HashMap::new()),
+                publisher,
+                logger,
+            }),
+            config: OnceCell::new(),
+            sandbox: OnceCell::new(),
+            exit,
+        }
+    }
+
+    /// The configuration, loaded on the first Create from its runtime options' ConfigPath or
+    /// the usual lookup order.
+    async fn config_for(
+        &self,
+        req: &api::CreateTaskRequest,
+    ) -> ttrpc::Result<&(Config, RuntimeConfig)> {
+        self.config
+            .get_or_try_init(|| async {
+                let explicit = bundle::config_path(req.options.as_ref());
+                let config = Config::load(explicit.as_deref().map(Path::new))
+                    .map_err(|e| invalid_argument(e.to_string()))?;
+                let runtime = config
+                    .runtime_config()
+                    .map_err(|e| invalid_argument(e.to_string()))?;
+                info!(self.state.logger, "configuration loaded";
+                    "config_path" => explicit.unwrap_or_default(),
+                    "backend" => ?config.runtime.sandbox_backend);
+                Ok((config, runtime))
+            })
+            .await
+    }
+
+    /// The sandbox, built on the first Create.
+    async fn sandbox_for(&self, config: &Config) -> ttrpc::Result<Arc<dyn Sandbox>> {
+        let sandbox = self
+            .sandbox
+            .get_or_try_init(|| async {
+                let sandbox = crate::sandbox::build(config, &self.state.namespace)
+                    .await
+                    .map_err(|e| status_error(Code::UNKNOWN, e.to_string()))?;
+                if let Some(exits) = sandbox.exits() {
+                    tokio::spawn(handle_exits(self.state.clone(), exits));
+                }
+                Ok::<_, ttrpc::Error>(sandbox)
+            })
+            .await?;
+        Ok(sandbox.clone())
+    }
+
+    fn sandbox(&self) -> ttrpc::Result<Arc<dyn Sandbox>> {
+        self.sandbox
+            .get()
+            .cloned()
+            .ok_or_else(|| not_found("no container created yet".to_string()))
+    }
+}
+
+/// Applies each exit: drains its output, records it, publishes TaskExit.
+async fn handle_exits(state: Arc<State>, mut exits: tokio::sync::mpsc::UnboundedReceiver<Exit>) {
+    while let Some(exit) = exits.recv().await {
+        let state = state.clone();
+        // Each exit drains on its own, so a process whose output is held open elsewhere
+        // cannot delay the others.
+        tokio::spawn(async move { apply_exit(&state, exit).await });
+    }
+}
+
+async fn apply_exit(state: &State, exit: Exit) {
+    let io = {
+        let containers = state.containers.lock().await;
+        let Some(container) = containers.get(&exit.container_id) else {
+            return;
+        };
+        match container.process(&exit.exec_id) {
+            Ok(process) => process.io.clone(),
+            Err(_) => return,
+        }
+    };
+    // Every line the process wrote reaches containerd before it hears of the exit.
+    io.shutdown().await;
+    let info = ExitInfo {
+        status: exit.status,
+        at: exit.at,
+    };
+    {
+        let mut containers = state.containers.lock().await;
+        let Some(container) = containers.get_mut(&exit.container_id) else {
+            return;
+        };
+        let Ok(process) = container.process_mut(&exit.exec_id) else {
+            return;
+        };
+        process.set_exited(info);
+    }
+    info!(state.logger, "process exited";
+        "container" => &exit.container_id, "exec" => &exit.exec_id,
+        "pid" => exit.pid, "status" => exit.status);
+    state
+        .publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: exit.container_id.clone(),
+                id: if exit.exec_id.is_empty() {
+                    exit.container_id.clone()
+                } else {
+                    exit.exec_id.clone()
+                },
+                pid: exit.pid,
+                exit_status: exit.status,
+                exited_at: Some(info.timestamp()).into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+}
+
+fn status_error(code: Code, message: String) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+fn not_found(message: String) -> ttrpc::Error {
+    status_error(Code::NOT_FOUND, message)
+}
+
+fn invalid_argument(message: String) -> ttrpc::Error {
+    status_error(Code::INVALID_ARGUMENT, message)
+}
+
+fn precondition(message: String) -> ttrpc::Error {
+    status_error(Code::FAILED_PRECONDITION, message)
+}
+
+/// Maps a backend error to the ttrpc code containerd understands.
+fn backend_error(e: crate::sandbox::Error) -> ttrpc::Error {
+    match e {
+        crate::sandbox::Error::NotFound(what) => not_found(what),
+        other => status_error(Code::UNKNOWN, other.to_string()),
+    }
+}
+
+fn container_not_found(id: &str) -> ttrpc::Error {
+    not_found(format!("container {id} not found"))
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let logger = &self.state.logger;
+        info!(logger, "create"; "id" => &req.id, "bundle" => &req.bundle);
+        if self.state.containers.lock().await.contains_key(&req.id) {
+            return Err(status_error(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = bundle::load_spec(&bundle).map_err(invalid_argument)?;
+        let (config, runtime) = self.config_for(&req).await?;
+        bundle::check(&spec, runtime, &bundle, &req.id).map_err(invalid_argument)?;
+        let sandbox = self.sandbox_for(config).await?;
+        if let Err(e) = bundle::mount_rootfs(&req.rootfs, &bundle).await {
+            bundle::unmount_rootfs(&bundle);
+            return Err(status_error(Code::UNKNOWN, e));
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let request = ContainerRequest {
+            id: req.id.clone(),
+            bundle: bundle.clone(),
+            spec,
+            stdio: wanted(&stdio),
+        };
+        let mut containers = self.state.containers.lock().await;
+        let started = match sandbox.create(&request).await {
+            Ok(started) => started,
+            Err(e) => {
+                bundle::unmount_rootfs(&bundle);
+                return Err(backend_error(e));
+            }
+        };
+        let mut init = Process::new(stdio, None);
+        init.pid = started.pid;
+        if let Err(e) = super::io::connect(
+            &init.io,
+            started.io,
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+        ) {
+            init.io.abort().await;
+            let _ = sandbox.delete(&req.id).await;
+            bundle::unmount_rootfs(&bundle);
+            return Err(invalid_argument(e.to_string()));
+        }
+        let pid = init.pid;
+        containers.insert(
+            req.id.clone(),
+            Container {
+                bundle,
+                init,
+                execs: HashMap::new(),
+            },
+        );
+        self.state
+            .publish(
+                topics::TASK_CREATE_EVENT_TOPIC,
+                Box::new(TaskCreate {
+                    container_id: req.id.clone(),
+                    bundle: req.bundle.clone(),
+                    rootfs: req.rootfs.clone(),
+                    io: Some(TaskIO {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
+                        ..Default::default()
+                    })
+                    .into(),
+                    pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
+        debug!(self.state.logger, "start"; "id" => &req.id, "exec" => &req.exec_id);
+        let sandbox = self.sandbox()?;
+        let mut containers = self.state.containers.lock().await;
+        let container = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| container_not_found(&req.id))?;
+        let process = container.process_mut(&req.exec_id)?;
+        if process.status != Status::CREATED {
+            return Err(precondition(format!(
+                "cannot start {} {}: it is {:?}, not created",
+                req.id, req.exec_id, process.status
+            )));
+        }
+        if req.exec_id.is_empty() {
+            sandbox.start(&req.id).await.map_err(backend_error)?;
+            process.status = Status::RUNNING;
+            let pid = process.pid;
+            self.state
+                .publish(
+                    topics::TASK_START_EVENT_TOPIC,
+                    Box::new(TaskStart {
+                        container_id: req.id.clone(),
+                        pid,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            return Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
+        let spec = process
+            .spec
+            .clone()
+            .ok_or_else(|| precondition(format!("exec {} has no process spec", req.exec_id)))?;
+        let started = sandbox
+            .exec(&req.id, &req.exec_id, &spec, wanted(&process.stdio))
+            .await
+            .map_err(backend_error)?;
+        process.pid = started.pid;
+        process.status = Status::RUNNING;
+        let stdio = process.stdio.clone();
+        if let Err(e) = super::io::connect(
+            &process.io,
+            started.io,
+            &stdio.stdin,
+            &stdio.stdout,
+            &stdio.stderr,
+        ) {
+            let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
+            return Err(invalid_argument(e.to_string()));
+        }
+        let pid = process.pid;
+        self.state
+            .publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
+        let containers = self.state.containers.lock().await;
+        let container = containers
+            .get(&req.id)
+            .ok_or_else(|| container_not_found(&req.id))?;
+        let process = container.process(&req.exec_id)?;
+        let exit = process.exit();
+        Ok(api::StateResponse {
+            id: if req.exec_id.is_empty() {
+                req.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
+            bundle: container.bundle.display().to_string(),
+            pid: process.pid,
+            status: process.status.into(),
+            stdin: process.stdio.stdin.clone(),
+            stdout: process.stdio.stdout.clone(),
+            stderr: process.stdio.stderr.clone(),
+            terminal: process.stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or_default(),
+            exited_at: exit.map(|e| e.timestamp()).into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        info!(self.state.logger, "delete"; "id" => &req.id, "exec" => &req.exec_id);
+        let sandbox = self.sandbox()?;
+        let mut containers = self.state.containers.lock().await;
+        let container = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| container_not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            let process = container.process(&req.exec_id)?;
+            if process.status == Status::RUNNING {
+                return Err(precondition(format!(
+                    "exec {} of {} is still running",
+                    req.exec_id, req.id
+                )));
+            }
+            let process = container
+                .execs
+                .remove(&req.exec_id)
+                .ok_or_else(|| not_found(format!("exec {} not found", req.exec_id)))?;
+            process.io.abort().await;
+            sandbox.delete_exec(&req.id, &req.exec_id).await;
+            let exit = process.exit();
+            return Ok(api::DeleteResponse {
+                pid: process.pid,
+                exit_status: exit.map(|e| e.status).unwrap_or_default(),
+                exited_at: exit.map(|e| e.timestamp()).into(),
+                ..Default::default()
+            });
+        }
+        if matches!(container.init.status, Status::RUNNING | Status::PAUSED) {
+            return Err(precondition(format!(
+                "container {} is still running: kill it first",
+                req.id
+            )));
+        }
+        sandbox.delete(&req.id).await.map_err(backend_error)?;
+        let Some(container) = containers.remove(&req.id) else {
+            return Err(container_not_found(&req.id));
+        };
+        for process in container.execs.values() {
+            process.io.abort().await;
+        }
+        container.init.io.abort().await;
+        bundle::unmount_rootfs(&container.bundle);
+        let remaining = containers.len();
+        drop(containers);
+        let exit = container.init.exit().unwrap_or(ExitInfo {
+            status: 0,
+            at: std::time::SystemTime::now(),
+        });
+        self.state
+            .publish(
+                topics::TASK_DELETE_EVENT_TOPIC,
+                Box::new(TaskDelete {
+                    container_id: req.id.clone(),
+                    pid: container.init.pid,
+                    exit_status: exit.status,
+                    exited_at: Some(exit.timestamp()).into(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        if remaining == 0 {
+            sandbox.shutdown().await;
+        }
+        Ok(api::DeleteResponse {
+            pid: container.init.pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
+        let sandbox = self.sandbox()?;
+        let exec_pids: HashMap<u32, String> = {
+            let containers = self.state.containers.lock().await;
+            let container = containers
+                .get(&req.id)
+                .ok_or_else(|| container_not_found(&req.id))?;
+            container
+                .execs
+                .iter()
+                .map(|(id, p)| (p.pid, id.clone()))
+                .collect()
+        };
+        let pids = sandbox.pids(&req.id).await.map_err(backend_error)?;
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let info = exec_pids.get(&pid).and_then(|exec_id| {
+                    let details = containerd_shim_protos::shim::oci::ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    convert_to_any(Box::new(details)).ok()
+                });
+                api::ProcessInfo {
+                    pid,
+                    info: info.into(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        self.set_paused(&req.id, true).await
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        self.set_paused(&req.id, false).await
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(status_error(
+            Code::UNIMPLEMENTED,
+            format!("checkpoint of {}: vessel does not support checkpoints", req.id),
+        ))
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
+        info!(self.state.logger, "kill"; "id" => &req.id, "exec" => &req.exec_id,
+            "signal" => req.signal, "all" => req.all);
+        let sandbox = self.sandbox()?;
+        {
+            let containers = self.state.containers.lock().await;
+            let container = containers
+                .get(&req.id)
+                .ok_or_else(|| container_not_found(&req.id))?;
+            let process = container.process(&req.exec_id)?;
+            if process.exit().is_some() && !req.all {
+                return Err(not_found(format!(
+                    "process {} {} already finished",
+                    req.id, req.exec_id
+                )));
+            }
+            if process.pid == 0 {
+                return Err(precondition(format!(
+                    "process {} {} has not started",
+                    req.id, req.exec_id
+                )));
+            }
+        }
+        sandbox
+            .kill(&req.id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(backend_error)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        info!(self.state.logger, "exec"; "id" => &req.id, "exec" => &req.exec_id);
+        let spec: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
+            .map_err(|e| invalid_argument(format!("exec {}: process spec: {e}", req.exec_id)))?;
+        let mut containers = self.state.containers.lock().await;
+        let container = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| container_not_found(&req.id))?;
+        if container.init.status != Status::RUNNING {
+            return Err(precondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        if req.exec_id.is_empty() || container.execs.contains_key(&req.exec_id) {
+            return Err(status_error(
+                Code::ALREADY_EXISTS,
+                format!("exec id {:?} is empty or already in use", req.exec_id),
+            ));
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        container
+            .execs
+            .insert(req.exec_id.clone(), Process::new(stdio, Some(spec)));
+        drop(containers);
+        self.state
+            .publish(
+                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+                Box::new(TaskExecAdded {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sandbox = self.sandbox()?;
+        sandbox
+            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .await
+            .map_err(backend_error)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = self.state.containers.lock().await;
+        let container = containers
+            .get(&req.id)
+            .ok_or_else(|| container_not_found(&req.id))?;
+        let process = container.process(&req.exec_id)?;
+        if req.stdin {
+            process.io.close_input();
+        }
+        Ok(Empty::new())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sandbox = self.sandbox()?;
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&req.resources.value)
+                .map_err(|e| invalid_argument(format!("update {}: resources: {e}", req.id)))?;
+        self.require_running(&req.id).await?;
+        sandbox
+            .update(&req.id, &resources)
+            .await
+            .map_err(backend_error)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
+        let mut exited = {
+            let containers = self.state.containers.lock().await;
+            let container = containers
+                .get(&req.id)
+                .ok_or_else(|| container_not_found(&req.id))?;
+            container.process(&req.exec_id)?.watch_exit()
+        };
+        let exit = exited
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| not_found(format!("process {} {} was deleted", req.id, req.exec_id)))?
+            .ok_or_else(|| not_found(format!("process {} {}", req.id, req.exec_id)))?;
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        let sandbox = self.sandbox()?;
+        self.require_running(&req.id).await?;
+        let stats = sandbox.stats(&req.id).await.map_err(backend_error)?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        let containers = self.state.containers.lock().await;
+        let task_pid = containers.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: VERSION.to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> ttrpc::Result<Empty> {
+        if !self.state.containers.lock().await.is_empty() {
+            return Ok(Empty::new());
+        }
+        if let Some(sandbox) = self.sandbox.get() {
+            sandbox.shutdown().await;
+        }
+        info!(self.state.logger, "shutdown: no container left");
+        self.exit.signal();
+        Ok(Empty::new())
+    }
+}
+
+impl TaskService {
+    async fn require_running(&self, id: &str) -> ttrpc::Result<()> {
+        let containers = self.state.containers.lock().await;
+        let container = containers.get(id).ok_or_else(|| container_not_found(id))?;
+        if !matches!(container.init.status, Status::RUNNING | Status::PAUSED) {
+            return Err(precondition(format!("container {id} is not running")));
+        }
+        Ok(())
+    }
+
+    async fn set_paused(&self, id: &str, pause: bool) -> ttrpc::Result<Empty> {
+        let sandbox = self.sandbox()?;
+        let mut containers = self.state.containers.lock().await;
+        let container = containers
+            .get_mut(id)
+            .ok_or_else(|| container_not_found(id))?;
+        let (from, to) = if pause {
+            (Status::RUNNING, Status::PAUSED)
+        } else {
+            (Status::PAUSED, Status::RUNNING)
+        };
+        if container.init.status != from {
+            return Err(precondition(format!(
+                "container {id} is {:?}, not {from:?}",
+                container.init.status
+            )));
+        }
+        if pause {
+            sandbox.pause(id).await.map_err(backend_error)?;
+        } else {
+            sandbox.resume(id).await.map_err(backend_error)?;
+        }
+        container.init.status = to;
+        drop(containers);
+        if pause {
+            self.state
+                .publish(
+                    topics::TASK_PAUSED_EVENT_TOPIC,
+                    Box::new(TaskPaused {
+                        container_id: id.to_string(),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        } else {
+            self.state
+                .publish(
+                    topics::TASK_RESUMED_EVENT_TOPIC,
+                    Box::new(TaskResumed {
+                        container_id: id.to_string(),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        }
+        Ok(Empty::new())
+    }
+}
+
+/// The streams a process gets, from the paths containerd gave.
+fn wanted(stdio: &StdioPaths) -> StdioWanted {
+    StdioWanted {
+        stdin: !stdio.stdin.is_empty(),
+        stdout: !stdio.stdout.is_empty(),
+        stderr: !stdio.stderr.is_empty() && !stdio.terminal,
+        terminal: stdio.terminal,
+    }
+}
