@@ -93,7 +93,8 @@ blob() {
 # make_image NAME ROOTFS CONFIG_JSON(the "config" object) OUTFILE
 make_image() {
     local name=$1 rootfs=$2 cfg=$3 outfile=$4
-    local w="$WORK/$(basename "$outfile" .tar)"
+    local w
+    w="$WORK/$(basename "$outfile" .tar)"
     local layout="$w/layout"
     mkdir -p "$layout"
 

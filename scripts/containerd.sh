@@ -100,18 +100,28 @@ shim_pids() {
         is_ancestor "$pid" && continue
         cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
         case "$(cmdline "$pid")" in
-            *"$DIR"*) echo "$pid"; continue ;;
+            *"$DIR/"*) echo "$pid"; continue ;;
         esac
         under_dir "$cwd" && echo "$pid"
     done
 }
 
-# processes whose root (container rootfs) lives under DIR
-rooted_pids() {
-    local pid root
+# processes of containers that lived here: in a cgroup named after one of
+# DIR's task bundles (runc: /NS/ID), or with their root under DIR
+container_pids() {
+    local pid root b ids="" cg id
+    for b in "$DIR"/state/io.containerd.runtime.v2.task/*/*; do
+        [ -d "$b" ] && ids="$ids $(basename "$b")"
+    done
     for pid in $(all_pids); do
+        is_ancestor "$pid" && continue
         root=$(readlink "/proc/$pid/root" 2>/dev/null || true)
-        under_dir "$root" && ! is_ancestor "$pid" && echo "$pid"
+        if under_dir "$root"; then echo "$pid"; continue; fi
+        [ -n "$ids" ] || continue
+        cg=$(cut -d: -f3 "/proc/$pid/cgroup" 2>/dev/null || true)
+        for id in $ids; do
+            case "$cg" in */"$id" | */"$id"/* | */"$id"$'\n'*) echo "$pid"; break ;; esac
+        done
     done
     return 0
 }
@@ -203,9 +213,9 @@ stop() {
     # leftover shims (and their children: VMMs, runc inits), container processes
     local victims
     # shellcheck disable=SC2046
-    victims=$(with_descendants $(shim_pids) $(rooted_pids) | sort -un)
+    victims=$(with_descendants $(shim_pids) $(container_pids) | sort -un)
     if [ -n "$victims" ]; then
-        log "killing leftover processes: $(echo $victims)"
+        log "killing leftover processes: $(tr '\n' ' ' <<<"$victims")"
         # shellcheck disable=SC2086
         kill_wait KILL 5 $victims || log "some leftover processes would not die"
     fi
@@ -224,8 +234,8 @@ stop() {
     done
 
     # unmount everything under DIR (several passes: lazy unmounts, stacked mounts)
-    local mp pass
-    for pass in 1 2 3; do
+    local mp _pass
+    for _pass in 1 2 3; do
         for mp in $(mounts_under_dir); do
             umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || log "cannot unmount $mp"
         done
@@ -355,7 +365,7 @@ start() {
         return 0
     fi
     # crashed or half-stopped before: clean up first
-    if [ -e "$DIR" ]; then
+    if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
         log "cleaning up stale $DIR"
         stop
     fi

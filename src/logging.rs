@@ -1,15 +1,10 @@
 //! Structured logging with slog, written as JSON lines to containerd's shim log.
 //!
-//! The shim daemon writes to the `log` fifo containerd opens in the bundle directory; the
-//! `start` and `delete` actions, which containerd runs with stderr captured, write to stderr.
+//! The shim daemon writes to the `log` fifo containerd opens in the bundle directory
+//! (`start` and `delete` log nothing: containerd reads their output as their reply).
 //! Records of the `log` crate (used by the containerd-shim crate) are forwarded to the same drain.
 
-use std::{
-    fs::OpenOptions,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    sync::OnceLock,
-};
+use std::{fs::OpenOptions, io::Write, os::unix::fs::OpenOptionsExt, sync::OnceLock};
 
 use slog::{o, Drain, Level, Logger};
 
@@ -18,19 +13,13 @@ static GUARD: OnceLock<slog_scope::GlobalLoggerGuard> = OnceLock::new();
 
 /// Installs the global logger for this process and returns it.
 ///
-/// `to_fifo` selects the `log` fifo in the current directory (the shim daemon) over stderr;
+/// Writes to the `log` fifo in the current directory (the bundle), or stderr without one;
 /// `debug` lowers the level from info to debug.
-pub fn init(to_fifo: bool, debug: bool, fields: (&str, &str)) -> Logger {
-    let sink: Box<dyn Write + Send> = if to_fifo {
-        open_fifo("log").unwrap_or_else(|| Box::new(std::io::stderr()))
-    } else {
-        Box::new(std::io::stderr())
-    };
+pub fn init(debug: bool, fields: (&str, &str)) -> Logger {
+    let sink: Box<dyn Write + Send> =
+        open_fifo("log").unwrap_or_else(|| Box::new(std::io::stderr()));
     let level = if debug { Level::Debug } else { Level::Info };
-    let json = slog_json::Json::new(sink)
-        .add_default_keys()
-        .build()
-        .fuse();
+    let json = slog_json::Json::new(sink).add_default_keys().build().fuse();
     let drain = slog_async::Async::new(json.filter_level(level).fuse())
         .chan_size(1024)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)

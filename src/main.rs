@@ -28,7 +28,11 @@ struct ConvertArgs {
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "convert") {
         let args = ConvertArgs::parse_from(std::env::args_os().skip(1));
-        return match vessel::convert::convert(&args.bundle, args.config.as_deref(), args.id.as_deref()) {
+        return match vessel::convert::convert(
+            &args.bundle,
+            args.config.as_deref(),
+            args.id.as_deref(),
+        ) {
             Ok(json) => {
                 println!("{json:#}");
                 ExitCode::SUCCESS

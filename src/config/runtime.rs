@@ -106,7 +106,10 @@ impl RuntimeSection {
         found.ok_or_else(|| {
             Error::invalid(
                 "runtime.oci_runtime",
-                format!("{:?} is not an executable file ({OCI_RUNTIME_ACCEPTED})", self.oci_runtime),
+                format!(
+                    "{:?} is not an executable file ({OCI_RUNTIME_ACCEPTED})",
+                    self.oci_runtime
+                ),
             )
         })
     }

@@ -122,9 +122,15 @@ pub struct ContainerConfig {
 /// required; absent `linux.resources` is the OCI default. The console is empty and the process
 /// detached.
 pub fn container_config(spec: &Spec, bundle: &Path, id: &str) -> Result<ContainerConfig, Error> {
-    let process = spec.process().as_ref().ok_or(Error::MissingSection("process"))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or(Error::MissingSection("process"))?;
     let root = spec.root().as_ref().ok_or(Error::MissingSection("root"))?;
-    let linux = spec.linux().as_ref().ok_or(Error::MissingSection("linux"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or(Error::MissingSection("linux"))?;
     let ctype = container_type(spec)?;
     let bundle_text = bundle.to_string_lossy().into_owned();
     let annotations = BTreeMap::from([

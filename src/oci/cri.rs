@@ -115,7 +115,10 @@ mod tests {
 
     #[test]
     fn no_key_is_a_standalone_sandbox() {
-        assert_eq!(container_type(&spec(&[])).ok(), Some(ContainerType::PodSandbox));
+        assert_eq!(
+            container_type(&spec(&[])).ok(),
+            Some(ContainerType::PodSandbox)
+        );
         let mut bare = Spec::default();
         bare.set_annotations(None);
         assert_eq!(container_type(&bare).ok(), Some(ContainerType::PodSandbox));
@@ -124,19 +127,47 @@ mod tests {
     #[test]
     fn every_flavour() {
         let cases = [
-            ("io.kubernetes.cri.container-type", "sandbox", "container", "io.kubernetes.cri.sandbox-id"),
-            ("io.kubernetes.cri-o.ContainerType", "sandbox", "container", "io.kubernetes.cri-o.SandboxID"),
-            ("io.kubernetes.docker.type", "podsandbox", "container", "io.kubernetes.sandbox.id"),
+            (
+                "io.kubernetes.cri.container-type",
+                "sandbox",
+                "container",
+                "io.kubernetes.cri.sandbox-id",
+            ),
+            (
+                "io.kubernetes.cri-o.ContainerType",
+                "sandbox",
+                "container",
+                "io.kubernetes.cri-o.SandboxID",
+            ),
+            (
+                "io.kubernetes.docker.type",
+                "podsandbox",
+                "container",
+                "io.kubernetes.sandbox.id",
+            ),
         ];
         for (key, sandbox, container, id_key) in cases {
             let s = spec(&[(key, sandbox)]);
-            assert_eq!(container_type(&s).ok(), Some(ContainerType::PodSandbox), "{key}");
+            assert_eq!(
+                container_type(&s).ok(),
+                Some(ContainerType::PodSandbox),
+                "{key}"
+            );
             let c = spec(&[(key, container), (id_key, "pod-1")]);
-            assert_eq!(container_type(&c).ok(), Some(ContainerType::PodContainer), "{key}");
+            assert_eq!(
+                container_type(&c).ok(),
+                Some(ContainerType::PodContainer),
+                "{key}"
+            );
             assert_eq!(sandbox_id(&c).ok().as_deref(), Some("pod-1"), "{id_key}");
-            let err = container_type(&spec(&[(key, "bogus")])).err().map(|e| e.to_string());
+            let err = container_type(&spec(&[(key, "bogus")]))
+                .err()
+                .map(|e| e.to_string());
             let err = err.unwrap_or_default();
-            assert!(err.contains(key) && err.contains("bogus") && err.contains(sandbox), "{err}");
+            assert!(
+                err.contains(key) && err.contains("bogus") && err.contains(sandbox),
+                "{err}"
+            );
         }
     }
 
@@ -157,7 +188,10 @@ mod tests {
 
     #[test]
     fn missing_sandbox_id_names_the_keys() {
-        let err = sandbox_id(&spec(&[])).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = sandbox_id(&spec(&[]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("io.kubernetes.cri.sandbox-id"), "{err}");
         assert!(err.contains("io.kubernetes.sandbox.id"), "{err}");
     }

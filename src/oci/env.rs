@@ -70,7 +70,9 @@ mod tests {
     }
 
     fn pairs(vars: &[EnvVar]) -> Vec<(&str, &str)> {
-        vars.iter().map(|e| (e.var.as_str(), e.value.as_str())).collect()
+        vars.iter()
+            .map(|e| (e.var.as_str(), e.value.as_str()))
+            .collect()
     }
 
     #[test]
@@ -81,7 +83,9 @@ mod tests {
 
     #[test]
     fn env_vars_errors() {
-        let no_eq = env_vars(&strings(&["A=1", "JUSTNAME"])).err().map(|e| e.to_string());
+        let no_eq = env_vars(&strings(&["A=1", "JUSTNAME"]))
+            .err()
+            .map(|e| e.to_string());
         assert!(no_eq.unwrap_or_default().contains("env[1]"));
         let empty = env_vars(&strings(&["=x"])).err().map(|e| e.to_string());
         assert!(empty.unwrap_or_default().contains("empty name"));
@@ -92,7 +96,10 @@ mod tests {
     fn process_envs_fixes_the_seed_split() {
         let vars = process_envs(&strings(&["PATH=/bin", "A=b=c", "SKIPPED", "Q=' x '"]));
         let vars = vars.unwrap_or_default();
-        assert_eq!(pairs(&vars), [("PATH", "/bin"), ("A", "b=c"), ("Q", "' x '")]);
+        assert_eq!(
+            pairs(&vars),
+            [("PATH", "/bin"), ("A", "b=c"), ("Q", "' x '")]
+        );
         let err = process_envs(&strings(&["=v"])).err().map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("process.env[0]"));
     }

@@ -99,8 +99,7 @@ fn network_config(spec: &Spec, runtime: &RuntimeConfig) -> NetworkConfig {
         .flatten()
         .filter(|n| n.typ() == LinuxNamespaceType::Network)
         .filter_map(|n| n.path().as_ref())
-        .filter(|p| !p.as_os_str().is_empty())
-        .last()
+        .rfind(|p| !p.as_os_str().is_empty())
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     NetworkConfig {

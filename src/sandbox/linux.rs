@@ -191,12 +191,11 @@ impl LinuxSandbox {
                     context: "duplicate the terminal".into(),
                     source,
                 })?;
-                let pty = containerd_shim::asynchronous::io::Pty::new(master).map_err(|e| {
-                    Error::Io {
+                let pty =
+                    containerd_shim::asynchronous::io::Pty::new(master).map_err(|e| Error::Io {
                         context: "register the terminal".into(),
                         source: std::io::Error::other(e.to_string()),
-                    }
-                })?;
+                    })?;
                 self.lock_consoles().insert(key, handle);
                 Ok(ProcessIo {
                     stdin: stdio.stdin.then(|| Box::new(pty.clone()) as _),
@@ -281,7 +280,11 @@ fn runtime(binary: &str, state: &Path) -> Result<Runc> {
 
 fn runtime_error(op: &'static str, id: &str, e: runc::error::Error) -> Error {
     let message = match e {
-        runc::error::Error::CommandFailed { stdout, stderr, status } => {
+        runc::error::Error::CommandFailed {
+            stdout,
+            stderr,
+            status,
+        } => {
             let text = format!("{} {}", stderr.trim(), stdout.trim());
             format!("{} ({status})", text.trim())
         }
@@ -311,12 +314,10 @@ async fn read_pid_file(path: &Path) -> Result<u32> {
 
 /// Forwards the reaper's exits to the tracker for as long as the shim lives.
 async fn watch_exits(tracked: Arc<Mutex<Tracker>>) -> Result<()> {
-    let mut subscription = monitor_subscribe(Topic::Pid)
-        .await
-        .map_err(|e| Error::Io {
-            context: "subscribe to process exits".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let mut subscription = monitor_subscribe(Topic::Pid).await.map_err(|e| Error::Io {
+        context: "subscribe to process exits".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     tokio::spawn(async move {
         while let Some(event) = subscription.rx.recv().await {
             if let Subject::Pid(pid) = event.subject {
@@ -370,7 +371,12 @@ impl Spawner for ReapedSpawner {
         };
         let (stdout, stderr, code) = tokio::join!(read(stdout), read(stderr), wait);
         let _ = monitor_unsubscribe(subscription.id).await;
-        Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, stdout, stderr))
+        Ok((
+            ExitStatus::from_raw((code & 0xff) << 8),
+            pid,
+            stdout,
+            stderr,
+        ))
     }
 }
 
@@ -406,7 +412,9 @@ impl Sandbox for LinuxSandbox {
                 .map_err(|e| runtime_error("create", &req.id, e))
         };
         let key = (req.id.clone(), String::new());
-        let io = self.launch_with_io(prepared, req.stdio, key, launch).await?;
+        let io = self
+            .launch_with_io(prepared, req.stdio, key, launch)
+            .await?;
         let pid = read_pid_file(&pid_file).await?;
         self.track(pid, &req.id, "");
         Ok(Started { pid, io })

@@ -138,8 +138,13 @@ pub trait Sandbox: Send + Sync {
     /// Starts a created container's init process.
     async fn start(&self, id: &str) -> Result<()>;
     /// Runs an additional process in a running container.
-    async fn exec(&self, id: &str, exec_id: &str, spec: &Process, stdio: StdioWanted)
-        -> Result<Started>;
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: &Process,
+        stdio: StdioWanted,
+    ) -> Result<Started>;
     /// Sends `signal` to a process, or with `all` to every process of the container.
     async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()>;
     /// Removes a container and everything the backend holds for it.

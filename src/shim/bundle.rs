@@ -84,7 +84,8 @@ mod tests {
         let mut value = Vec::new();
         {
             let mut out = CodedOutputStream::vec(&mut value);
-            out.write_string(1, "io.containerd.vessel.v2.options").unwrap();
+            out.write_string(1, "io.containerd.vessel.v2.options")
+                .unwrap();
             out.write_string(2, path).unwrap();
             out.flush().unwrap();
         }
@@ -98,7 +99,10 @@ mod tests {
     #[test]
     fn config_path_is_read_from_runtime_options() {
         let any = options("runtimeoptions.v1.Options", "/etc/vessel/vm.toml");
-        assert_eq!(config_path(Some(&any)).as_deref(), Some("/etc/vessel/vm.toml"));
+        assert_eq!(
+            config_path(Some(&any)).as_deref(),
+            Some("/etc/vessel/vm.toml")
+        );
     }
 
     #[test]

@@ -91,15 +91,13 @@ fn socket_path(address: &str) -> &str {
 /// `start`: prints the address of the shim serving this container's sandbox, spawning the
 /// daemon unless the pod's shim already runs.
 async fn start(flags: &Flags) -> Result<(), String> {
-    let logger = logging::init(false, flags.debug, (&flags.namespace, &flags.id));
     let bundle = bundle_dir(flags);
     let spec = bundle::load_spec(&bundle)?;
     let grouping = bundle::grouping(&spec, &flags.id)?;
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
+    // A pod's containers share the shim its sandbox started.
     if !answers(&address).await {
-        spawn_daemon(flags, &bundle, &address, &logger).await?;
-    } else {
-        info!(logger, "joining the sandbox's shim"; "sandbox" => &grouping);
+        spawn_daemon(flags, &bundle, &address).await?;
     }
     std::fs::write(bundle.join("address"), &address)
         .map_err(|e| format!("write {}/address: {e}", bundle.display()))?;
@@ -115,12 +113,7 @@ async fn answers(address: &str) -> bool {
 }
 
 /// Starts the daemon for `address` and waits until it serves.
-async fn spawn_daemon(
-    flags: &Flags,
-    bundle: &Path,
-    address: &str,
-    logger: &Logger,
-) -> Result<(), String> {
+async fn spawn_daemon(flags: &Flags, bundle: &Path, address: &str) -> Result<(), String> {
     let binary = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut command = tokio::process::Command::new(binary);
     command
@@ -143,8 +136,8 @@ async fn spawn_daemon(
     // The daemon closes its stdout once it serves (or dies): read to the end.
     if let Some(mut ready) = child.stdout.take() {
         let mut ignored = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready.read_to_end(&mut ignored))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), ready.read_to_end(&mut ignored)).await;
     }
     if !answers(address).await {
         let _ = child.start_kill();
@@ -152,7 +145,6 @@ async fn spawn_daemon(
     }
     if let Some(pid) = child.id() {
         let _ = std::fs::write(bundle.join("shim.pid"), pid.to_string());
-        info!(logger, "shim daemon started"; "pid" => pid, "address" => address);
     }
     Ok(())
 }
@@ -160,17 +152,16 @@ async fn spawn_daemon(
 /// `delete`: cleans up after a shim that died: kills and removes what is left of the
 /// container, unmounts its root file system, and reports it killed.
 async fn delete(flags: &Flags) -> Result<(), String> {
-    let logger = logging::init(false, flags.debug, (&flags.namespace, &flags.id));
     let bundle = bundle_dir(flags);
     let binary = std::fs::read_to_string(bundle.join(RUNTIME_FILE))
         .map(|b| b.trim().to_string())
         .unwrap_or_else(|_| "runc".to_string());
     let state = sandbox::state_dir(&flags.namespace);
-    if let Err(e) = sandbox::linux::force_delete(&binary, &state, &flags.id).await {
-        warn!(logger, "delete leftovers"; "error" => %e);
-    }
+    // containerd's output for `delete` is the response alone: leftovers that cannot be
+    // removed are reported by the runtime's own state on the next try.
+    let leftover = sandbox::linux::force_delete(&binary, &state, &flags.id).await;
     bundle::unmount_rootfs(&bundle);
-    stop_own_daemon(&bundle, flags, &logger);
+    stop_own_daemon(&bundle, flags);
     let response = containerd_shim::DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,
@@ -183,12 +174,13 @@ async fn delete(flags: &Flags) -> Result<(), String> {
     use std::io::Write;
     std::io::stdout()
         .write_all(&bytes)
-        .map_err(|e| format!("write delete response: {e}"))
+        .map_err(|e| format!("write delete response: {e}"))?;
+    leftover.map_err(|e| e.to_string())
 }
 
 /// Kills a daemon that a failed start left behind for this bundle, when the bundle is its
 /// sandbox's own (a pod container's bundle must not take the pod's shim down).
-fn stop_own_daemon(bundle: &Path, flags: &Flags, logger: &Logger) {
+fn stop_own_daemon(bundle: &Path, flags: &Flags) {
     let Ok(spec) = bundle::load_spec(bundle) else {
         return;
     };
@@ -204,14 +196,13 @@ fn stop_own_daemon(bundle: &Path, flags: &Flags, logger: &Logger) {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     if exe.as_deref() == std::env::current_exe().ok().as_deref() && pid != std::process::id() as i32
     {
-        warn!(logger, "stopping the shim daemon left behind"; "pid" => pid);
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
 /// The daemon: serves the Task API until the last container is gone.
 async fn serve(flags: &Flags) -> Result<(), String> {
-    let logger = logging::init(true, flags.debug, (&flags.namespace, &flags.id));
+    let logger = logging::init(flags.debug, (&flags.namespace, &flags.id));
     if flags.socket.is_empty() {
         return Err("-socket is required to serve".into());
     }

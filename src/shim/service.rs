@@ -296,13 +296,9 @@ impl Task for TaskService {
         };
         let mut init = Process::new(stdio, None);
         init.pid = started.pid;
-        if let Err(e) = super::io::connect(
-            &init.io,
-            started.io,
-            &req.stdin,
-            &req.stdout,
-            &req.stderr,
-        ) {
+        if let Err(e) =
+            super::io::connect(&init.io, started.io, &req.stdin, &req.stdout, &req.stderr)
+        {
             init.io.abort().await;
             let _ = sandbox.delete(&req.id).await;
             bundle::unmount_rootfs(&bundle);
@@ -583,7 +579,10 @@ impl Task for TaskService {
     ) -> ttrpc::Result<Empty> {
         Err(status_error(
             Code::UNIMPLEMENTED,
-            format!("checkpoint of {}: vessel does not support checkpoints", req.id),
+            format!(
+                "checkpoint of {}: vessel does not support checkpoints",
+                req.id
+            ),
         ))
     }
 
@@ -630,10 +629,7 @@ impl Task for TaskService {
             .get_mut(&req.id)
             .ok_or_else(|| container_not_found(&req.id))?;
         if container.init.status != Status::RUNNING {
-            return Err(precondition(format!(
-                "container {} is not running",
-                req.id
-            )));
+            return Err(precondition(format!("container {} is not running", req.id)));
         }
         if req.exec_id.is_empty() || container.execs.contains_key(&req.exec_id) {
             return Err(status_error(

@@ -114,7 +114,11 @@ impl Ctr {
         self
     }
 
-    /// Bytes fed to ctr's stdin, which is then closed. Without this, stdin is /dev/null.
+    /// Bytes fed to ctr's stdin. Without this, stdin is /dev/null.
+    /// Stdin is closed (EOF) only once a task whose id is one of the
+    /// arguments exists (plus 300 ms), because ctr loses an EOF that comes
+    /// before its task is created; for commands naming no task it stays
+    /// open until the time limit.
     pub fn stdin(mut self, input: impl AsRef<[u8]>) -> Self {
         self.stdin = Some(input.as_ref().to_vec());
         self
@@ -166,9 +170,18 @@ impl Ctr {
 
         let writer = self.stdin.clone().map(|input| {
             let mut pipe = child.stdin.take().unwrap();
-            // an early exit of ctr makes this fail with EPIPE: fine
+            let ids = self.args.clone();
+            let ns = self.namespace.clone();
+            let limit = self.timeout;
             thread::spawn(move || {
+                // an early exit of ctr makes this fail with EPIPE: fine
                 let _ = pipe.write_all(&input);
+                // ctr drops an EOF that arrives before its task exists
+                // (`ctr run ... cat` would then never end): keep stdin open
+                // until a task named by one of the arguments exists.
+                wait_until(limit, || task_exists_among(&ns, &ids));
+                thread::sleep(Duration::from_millis(300));
+                drop(pipe);
             })
         });
         let mut out_pipe = child.stdout.take().unwrap();
@@ -232,6 +245,21 @@ impl Ctr {
     }
 }
 
+/// Whether `tasks ls` in `ns` lists a task whose id is one of `args`.
+fn task_exists_among(ns: &str, args: &[String]) -> bool {
+    let Ok(out) = Ctr::new(&["tasks", "ls", "-q"])
+        .namespace(ns)
+        .timeout(Duration::from_secs(10))
+        .try_run()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|id| args.iter().any(|a| a == id))
+}
+
 /// Panics with both streams and the containerd log tail unless `out` succeeded.
 pub fn assert_success(what: &str, out: &Output) {
     if !out.status.success() {
@@ -287,6 +315,10 @@ impl ContainerGuard {
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
+        // never panic here (a panic while unwinding aborts the test binary)
+        if std::env::var_os("VESSEL_TEST_CONTAINERD").is_none() {
+            return;
+        }
         let t = Duration::from_secs(30);
         let id = self.id.as_str();
         for args in [
@@ -377,15 +409,28 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// Live processes whose argv[0] is `containerd-shim-vessel-v2`: (pid, cmdline).
+/// Live `containerd-shim-vessel-v2` processes (by argv[0]) serving the
+/// private containerd of these tests (their argv holds its socket path; the
+/// shims of other containerds on the machine are left out): (pid, cmdline).
 pub fn shim_processes() -> Vec<(u32, String)> {
+    let sock = socket().to_string_lossy().into_owned();
+    all_shim_processes()
+        .into_iter()
+        .filter(|(_, cmd)| {
+            cmd.split(' ')
+                .any(|a| a == sock || a.starts_with(&format!("{sock}/")))
+        })
+        .collect()
+}
+
+/// Every live `containerd-shim-vessel-v2` process on the machine: (pid, cmdline).
+pub fn all_shim_processes() -> Vec<(u32, String)> {
     processes()
         .into_iter()
         .filter(|p| {
             p.argv
                 .first()
-                .map(|a0| Path::new(a0).file_name().is_some_and(|n| n == SHIM_BINARY))
-                .unwrap_or(false)
+                .is_some_and(|a0| Path::new(a0).file_name().is_some_and(|n| n == SHIM_BINARY))
         })
         .map(|p| (p.pid, p.cmdline()))
         .collect()
@@ -422,8 +467,8 @@ fn contains_id(hay: &str, id: &str, prefix: bool) -> bool {
 /// Everything left behind for container/sandbox `id`; empty when it is
 /// gone without a trace. Checks:
 /// - processes whose argv mentions `id` (shims run with `-id ID`, VMMs with
-///   paths holding it), or whose root or cwd is under a path holding it
-///   (processes inside the container rootfs);
+///   paths holding it), whose cgroup path holds it (processes inside a runc
+///   container), or whose root or cwd is under a path holding it;
 /// - mounts (this mount namespace) whose mount point or source holds `id`;
 /// - containerd's task bundle `DIR/state/io.containerd.runtime.v2.task/NS/ID`
 ///   and `DIR/root/io.containerd.runtime.v2.task/NS/ID`, any namespace;
@@ -454,6 +499,14 @@ fn find_leftovers(id: &str, prefix: bool) -> Vec<String> {
         let cmd = p.cmdline();
         if contains_id(&cmd, id, prefix) {
             found.push(format!("process {}: {}", p.pid, cmd));
+            continue;
+        }
+        // processes inside the container: runc puts them in cgroup .../NS/ID
+        // (root and cwd links are relative to their own mount namespace, so
+        // only useful for processes sharing ours)
+        let cgroups = fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
+        if let Some(line) = cgroups.lines().find(|l| contains_id(l, id, prefix)) {
+            found.push(format!("process {} (cgroup {line}): {cmd}", p.pid));
             continue;
         }
         for what in ["root", "cwd"] {

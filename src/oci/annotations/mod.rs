@@ -11,8 +11,8 @@ mod value;
 
 use std::collections::HashMap;
 
-pub use policy::{AnnotationPolicy, PathList};
 pub(crate) use policy::entry_matches;
+pub use policy::{AnnotationPolicy, PathList};
 
 use self::policy::enable_hint;
 use self::table::{Entry, Kind, TABLE};
@@ -68,7 +68,9 @@ impl Entry {
                 let (min, max, why) = bound.range(sandbox.hypervisor_type);
                 let n = parse_u32(value)
                     .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| invalid(format!("accepted: an integer in {min}..={max}{why}")))?;
+                    .ok_or_else(|| {
+                        invalid(format!("accepted: an integer in {min}..={max}{why}"))
+                    })?;
                 set(sandbox, n);
             }
             Kind::Choice(names, set) => {

@@ -106,7 +106,9 @@ impl AnnotationPolicy {
 
     /// `key` is listed in `enable_annotations`.
     pub fn is_listed(&self, key: &str) -> bool {
-        self.enable_annotations.iter().any(|e| entry_matches(e, key))
+        self.enable_annotations
+            .iter()
+            .any(|e| entry_matches(e, key))
     }
 
     /// `path` is absolute, has no `.` or `..` component, and matches a glob of `list`.

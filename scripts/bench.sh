@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Benchmarks vessel against runc, in a throw-away private containerd:
+#   1. median wall time of N `ctr run --rm ... busybox true` per runtime
+#   2. RSS (VmRSS) and PSS (smaps_rollup) of one idle shim per runtime,
+#      each serving a `sleep 1000` container
+#   3. `cargo bench --bench convert` (OCI spec conversion core)
+#
+#   scripts/bench.sh   (env: N=20, SHIM_DIR=target/release, SKIP_CARGO_BENCH=1)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+N=${N:-20}
+CARGO=${CARGO:-cargo}
+IMAGE=docker.io/library/busybox:latest
+VESSEL=io.containerd.vessel.v2
+RUNC=io.containerd.runc.v2
+FAILED=0
+
+cd "$REPO"
+$CARGO build --release
+
+DIR=$(mktemp -d /tmp/vessel-bench.XXXXXX)
+cleanup() { "$REPO/scripts/containerd.sh" stop "$DIR"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+SHIM_DIR="${SHIM_DIR:-$REPO/target/release}" "$REPO/scripts/containerd.sh" start "$DIR"
+SOCK=$DIR/containerd.sock
+c() { timeout 120 ctr --address "$SOCK" "$@" </dev/null; }
+
+now_ns() { date +%s%N; }
+
+# median_ms RUNTIME TAG -> prints median in ms, or "failed"
+median_ms() {
+    local rt=$1 tag=$2 i t0 t1 times=()
+    # warm-up (page cache, first shim exec), not counted
+    if ! c run --rm --runtime "$rt" "$IMAGE" "bench-$tag-warm-$$" true >/dev/null 2>&1; then
+        echo failed
+        return 0
+    fi
+    for ((i = 0; i < N; i++)); do
+        t0=$(now_ns)
+        if ! c run --rm --runtime "$rt" "$IMAGE" "bench-$tag-$$-$i" true >/dev/null 2>&1; then
+            echo failed
+            return 0
+        fi
+        t1=$(now_ns)
+        times+=($(((t1 - t0) / 1000)))
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk '
+        { v[NR] = $1 }
+        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f\n", m / 1000 }'
+}
+
+# pid of the shim process (argv0 basename $1) serving container $2 of our containerd
+shim_pid() {
+    local want=$1 id=$2 d pid args
+    for d in /proc/[0-9]*; do
+        pid=${d#/proc/}
+        args=$({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null || true)
+        case "$args" in
+            *"$want "*"-id $id "*"$SOCK"*) ;;
+            *) continue ;;
+        esac
+        case "$(basename -- "${args%% *}")" in "$want") echo "$pid"; return 0 ;; esac
+    done
+    return 1
+}
+
+kb() { awk -v k="$2:" '$1 == k { print $2 }' "$1" 2>/dev/null || true; }
+
+# memory RUNTIME SHIM_BINARY TAG -> "rss_kib pss_kib" or "failed failed"
+memory() {
+    local rt=$1 shim=$2 tag=$3 id="bench-idle-$3-$$" pid rss pss
+    if ! c run -d --runtime "$rt" "$IMAGE" "$id" sleep 1000 >/dev/null 2>&1; then
+        echo "failed failed"
+        return 0
+    fi
+    sleep 2 # let the shim settle
+    if pid=$(shim_pid "$shim" "$id"); then
+        rss=$(kb "/proc/$pid/status" VmRSS)
+        pss=$(kb "/proc/$pid/smaps_rollup" Pss)
+        echo "${rss:-?} ${pss:-?}"
+    else
+        echo "failed failed"
+    fi
+}
+
+echo "== startup: median of N=$N 'ctr run --rm ... true'"
+V_MS=$(median_ms "$VESSEL" vessel)
+R_MS=$(median_ms "$RUNC" runc)
+
+echo "== idle shim memory (one 'sleep 1000' container each)"
+read -r V_RSS V_PSS < <(memory "$VESSEL" containerd-shim-vessel-v2 vessel)
+read -r R_RSS R_PSS < <(memory "$RUNC" containerd-shim-runc-v2 runc)
+
+printf '\n%-28s %14s %14s\n' "" "vessel" "runc"
+printf '%-28s %14s %14s\n' "ctr run --rm true (ms)" "$V_MS" "$R_MS"
+printf '%-28s %14s %14s\n' "idle shim RSS (KiB)" "$V_RSS" "$R_RSS"
+printf '%-28s %14s %14s\n\n' "idle shim PSS (KiB)" "$V_PSS" "$R_PSS"
+
+for v in "$V_MS" "$R_MS" "$V_RSS" "$R_RSS"; do
+    [ "$v" != failed ] || FAILED=1
+done
+[ $FAILED = 0 ] || { echo "bench: some measurements failed; containerd log tail:"; tail -n 20 "$DIR/containerd.log"; }
+
+# stop containerd (and the idle containers) before the CPU-bound benchmark
+cleanup
+trap - EXIT
+
+if [ "${SKIP_CARGO_BENCH:-0}" != 1 ]; then
+    echo "== cargo bench --bench convert"
+    $CARGO bench --bench convert || FAILED=1
+fi
+exit $FAILED

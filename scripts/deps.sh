@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Install what building and testing vessel needs, idempotently (Debian bookworm).
+#
+#   scripts/deps.sh        base packages (make deps)
+#   scripts/deps.sh vm     QEMU from bookworm-backports (make deps-vm)
+#
+# Only runs `apt-get update` / `apt-get install` when something is missing.
+# Also adds the bookworm-backports suite as
+# /etc/apt/sources.list.d/bookworm-backports.sources, with the URIs and
+# Signed-By keyring of the main suite in debian.sources.
+set -euo pipefail
+
+BASE_PACKAGES=(
+    containerd runc crun containernetworking-plugins # runtimes, CNI plugins
+    busybox-static gcc libc6-dev                     # test images (static pause)
+    iproute2 util-linux mount coreutils findutils    # scripts/containerd.sh
+    tar gzip make                                    # build-images.sh, Makefile
+)
+VM_PACKAGES=(qemu-system-x86)
+BACKPORTS=/etc/apt/sources.list.d/bookworm-backports.sources
+MAIN_SOURCES=/etc/apt/sources.list.d/debian.sources
+
+log() { echo "deps: $*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+UPDATED=0
+apt_update() {
+    [ $UPDATED = 1 ] && return 0
+    log "apt-get update"
+    as_root apt-get update -qq
+    UPDATED=1
+}
+
+apt_install() { # [-t SUITE] PKGS...
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# The bookworm-backports suite, from the main suite's URIs and keyring.
+add_backports() {
+    local uris="" keyring=""
+    if [ -r "$MAIN_SOURCES" ]; then
+        # first deb822 stanza whose Suites has the plain release (not -security)
+        local found
+        found=$(awk '
+            function flush() {
+                if (!done && suites ~ /(^| )bookworm( |$)/ && uris != "") {
+                    print uris "|" key; done = 1
+                }
+                uris = ""; suites = ""; key = ""
+            }
+            /^[[:space:]]*$/ { flush(); next }
+            /^[[:space:]]*#/ { next }
+            /^URIs:/      { sub(/^URIs:[[:space:]]*/, "");      uris = $0 }
+            /^Suites:/    { sub(/^Suites:[[:space:]]*/, "");    suites = $0 }
+            /^Signed-By:/ { sub(/^Signed-By:[[:space:]]*/, ""); key = $0 }
+            END { flush() }
+        ' "$MAIN_SOURCES")
+        uris=${found%%|*}
+        keyring=${found#*|}
+    fi
+    if [ -z "$uris" ] && [ -r /etc/apt/sources.list ]; then
+        uris=$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list)
+    fi
+    [ -n "$uris" ] || uris=http://deb.debian.org/debian
+    [ -n "$keyring" ] || keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+
+    local want
+    want=$(printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' "$uris" "$keyring")
+    if [ -f "$BACKPORTS" ] && [ "$(cat "$BACKPORTS")" = "$want" ]; then
+        return 0
+    fi
+    log "writing $BACKPORTS ($uris)"
+    printf '%s\n' "$want" | as_root tee "$BACKPORTS" >/dev/null
+    UPDATED=0 # the new suite needs an update before use
+    return 0
+}
+
+base() {
+    add_backports
+    local missing=() p
+    for p in "${BASE_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt_update
+        apt_install "${missing[@]}"
+    else
+        log "all base packages present"
+    fi
+}
+
+vm() {
+    add_backports
+    local missing=() p v
+    for p in "${VM_PACKAGES[@]}"; do
+        v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
+        if ! installed "$p" || [[ "$v" != *bpo* ]]; then missing+=("$p"); fi
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} from bookworm-backports"
+        apt_update
+        apt_install -t bookworm-backports "${missing[@]}"
+    else
+        log "VM packages present ($(dpkg-query -W -f='${Package} ${Version}' "${VM_PACKAGES[@]}" | tr '\n' ' '))"
+    fi
+}
+
+case "${1:-base}" in
+    base) base ;;
+    vm) vm ;;
+    *) echo "usage: $0 [base|vm]" >&2; exit 2 ;;
+esac
