@@ -105,7 +105,7 @@ impl LinuxSandbox {
             context: format!("create runtime state dir {}", state.display()),
             source,
         })?;
-        let runc = runtime(binary, state)?;
+        let runc = runtime(binary, state, None)?;
         let (sender, receiver) = unbounded_channel();
         let tracked = Arc::new(Mutex::new(Tracker {
             processes: HashMap::new(),
@@ -149,7 +149,7 @@ impl LinuxSandbox {
             context: "create stdio pipes".into(),
             source,
         })?;
-        Ok(PreparedIo::Pipes(Arc::new(pipes)))
+        Ok(PreparedIo::Pipes(Arc::new(ProcessPipes(pipes))))
     }
 
     /// Runs `launch` (the runtime command creating the process) and returns the shim's ends
@@ -232,14 +232,46 @@ impl LinuxSandbox {
     }
 }
 
+/// A process's pipes, with /dev/null for every stream it does not get: a stream left to the
+/// runtime command's defaults would be the capture pipe of the runtime's own output, which
+/// the container would inherit and hold open.
+#[derive(Debug)]
+struct ProcessPipes(PipedIo);
+
+#[async_trait]
+impl runc::Io for ProcessPipes {
+    fn stdin(&self) -> Option<Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>> {
+        self.0.stdin()
+    }
+
+    fn stdout(&self) -> Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>> {
+        self.0.stdout()
+    }
+
+    fn stderr(&self) -> Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>> {
+        self.0.stderr()
+    }
+
+    async fn set(&self, cmd: &mut Command) -> std::io::Result<()> {
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.0.set(cmd).await
+    }
+
+    async fn close_after_start(&self) {
+        self.0.close_after_start().await
+    }
+}
+
 /// Streams prepared for a process before the runtime creates it.
 enum PreparedIo {
-    Pipes(Arc<PipedIo>),
+    Pipes(Arc<ProcessPipes>),
     Console(ConsoleSocket),
 }
 
 impl PreparedIo {
-    fn pipes(&self) -> Option<Arc<PipedIo>> {
+    fn pipes(&self) -> Option<Arc<ProcessPipes>> {
         match self {
             PreparedIo::Pipes(p) => Some(p.clone()),
             PreparedIo::Console(_) => None,
@@ -272,8 +304,11 @@ pub async fn force_delete(binary: &str, state: &Path, id: &str) -> Result<()> {
 }
 
 /// Builds the runtime client for `binary`, resolved in PATH unless absolute.
-fn runtime(binary: &str, state: &Path) -> Result<Runc> {
+fn runtime(binary: &str, state: &Path, log: Option<&Path>) -> Result<Runc> {
     let mut opts = GlobalOpts::new().command(binary).root(state);
+    if let Some(log) = log {
+        opts = opts.log(log).log_json();
+    }
     opts.custom_spawner(Arc::new(ReapedSpawner));
     opts.build().map_err(|e| runtime_error("find", binary, e))
 }
@@ -295,6 +330,27 @@ fn runtime_error(op: &'static str, id: &str, e: runc::error::Error) -> Error {
         id: id.to_string(),
         message,
     }
+}
+
+/// Replaces a runtime error's text with the errors the runtime logged, which say why
+/// (its stderr belongs to the container and is not captured).
+fn logged_error(error: Error, log: &Path) -> Error {
+    let Error::Runtime { op, id, message } = error else {
+        return error;
+    };
+    let logged: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["level"] == "error")
+        .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
+        .collect();
+    let message = if logged.is_empty() {
+        message
+    } else {
+        logged.join("; ")
+    };
+    Error::Runtime { op, id, message }
 }
 
 /// Reads a pid file the runtime wrote, then removes it.
@@ -404,12 +460,13 @@ impl Sandbox for LinuxSandbox {
         if let Some(path) = prepared.console() {
             opts = opts.console_socket(path);
         }
+        let log = req.bundle.join("runtime.log.json");
+        let runc = runtime(&self.binary, &self.state, Some(&log))?;
         let launch = async {
-            self.runc
-                .create(&req.id, &req.bundle, Some(&opts))
-                .await
+            let created = runc.create(&req.id, &req.bundle, Some(&opts)).await;
+            created
                 .map(|_| ())
-                .map_err(|e| runtime_error("create", &req.id, e))
+                .map_err(|e| logged_error(runtime_error("create", &req.id, e), &log))
         };
         let key = (req.id.clone(), String::new());
         let io = self
@@ -445,14 +502,16 @@ impl Sandbox for LinuxSandbox {
         if let Some(path) = prepared.console() {
             opts = opts.console_socket(path);
         }
+        let log = self.state.join(format!("{name}.log.json"));
+        let runc = runtime(&self.binary, &self.state, Some(&log))?;
         let launch = async {
-            self.runc
-                .exec(id, spec, Some(&opts))
-                .await
-                .map_err(|e| runtime_error("exec", id, e))
+            let ran = runc.exec(id, spec, Some(&opts)).await;
+            ran.map_err(|e| logged_error(runtime_error("exec", id, e), &log))
         };
         let key = (id.to_string(), exec_id.to_string());
-        let io = self.launch_with_io(prepared, stdio, key, launch).await?;
+        let io = self.launch_with_io(prepared, stdio, key, launch).await;
+        let _ = std::fs::remove_file(&log);
+        let io = io?;
         let pid = read_pid_file(&pid_file).await?;
         self.track(pid, id, exec_id);
         Ok(Started { pid, io })

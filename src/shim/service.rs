@@ -258,7 +258,7 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
         let logger = &self.state.logger;
-        info!(logger, "create"; "id" => &req.id, "bundle" => &req.bundle);
+        info!(logger, "create"; "container" => &req.id, "bundle" => &req.bundle);
         if self.state.containers.lock().await.contains_key(&req.id) {
             return Err(status_error(
                 Code::ALREADY_EXISTS,
@@ -344,7 +344,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
-        debug!(self.state.logger, "start"; "id" => &req.id, "exec" => &req.exec_id);
+        debug!(self.state.logger, "start"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
         let mut containers = self.state.containers.lock().await;
         let container = containers
@@ -451,7 +451,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        info!(self.state.logger, "delete"; "id" => &req.id, "exec" => &req.exec_id);
+        info!(self.state.logger, "delete"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
         let mut containers = self.state.containers.lock().await;
         let container = containers
@@ -587,7 +587,7 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        info!(self.state.logger, "kill"; "id" => &req.id, "exec" => &req.exec_id,
+        info!(self.state.logger, "kill"; "container" => &req.id, "exec" => &req.exec_id,
             "signal" => req.signal, "all" => req.all);
         let sandbox = self.sandbox()?;
         {
@@ -621,7 +621,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        info!(self.state.logger, "exec"; "id" => &req.id, "exec" => &req.exec_id);
+        info!(self.state.logger, "exec"; "container" => &req.id, "exec" => &req.exec_id);
         let spec: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
             .map_err(|e| invalid_argument(format!("exec {}: process spec: {e}", req.exec_id)))?;
         let mut containers = self.state.containers.lock().await;
