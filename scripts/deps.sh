@@ -15,6 +15,8 @@ BASE_PACKAGES=(
     busybox-static gcc libc6-dev                     # test images (static pause)
     iproute2 util-linux mount coreutils findutils    # scripts/containerd.sh
     tar gzip make                                    # build-images.sh, Makefile
+    protobuf-compiler                                # CRI client of the tests (k8s-cri)
+    bsdutils                                         # script(1): tty tests
 )
 VM_PACKAGES=(qemu-system-x86)
 BACKPORTS=/etc/apt/sources.list.d/bookworm-backports.sources

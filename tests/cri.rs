@@ -1,0 +1,517 @@
+//! CRI pods through containerd's CRI plugin and the `vessel` runtime handler, driven by a
+//! real CRI client (the CRI protos over gRPC) against the private test containerd.
+
+mod common;
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use common::{leftovers, wait_until, BUSYBOX};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::{
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    AttachRequest, ContainerConfig, ContainerMetadata, ContainerStatsRequest,
+    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ImageSpec,
+    LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The CRI runtime handler registered for vessel in the test containerd.
+const HANDLER: &str = "vessel";
+
+/// A CRI client on the private containerd's socket.
+struct Cri {
+    runtime: RuntimeServiceClient<Channel>,
+    _images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    async fn connect() -> Self {
+        let socket = common::socket();
+        let channel = Endpoint::from_static("http://[::]:50051")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to containerd's CRI socket");
+        Self {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            _images: ImageServiceClient::new(channel),
+        }
+    }
+}
+
+/// A pod config: its own log directory, the given network namespace mode and annotations.
+fn pod_config(name: &str, logs: &std::path::Path, network: NamespaceMode) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: common::unique_id("uid"),
+            namespace: "vessel-test".to_string(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: network as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A busybox container running `script` with `sh -c`, logging to `NAME.log`.
+fn container_config(name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.to_string(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// vessel shim daemons serving the pod: their `-id` is the pod's sandbox id.
+fn pod_shims(pod: &str) -> usize {
+    common::shim_processes()
+        .iter()
+        .filter(|(_, cmdline)| cmdline.contains(pod))
+        .count()
+}
+
+/// A temporary directory for a pod's logs, removed on drop.
+struct LogDir(PathBuf);
+
+impl LogDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(common::unique_id(name));
+        std::fs::create_dir_all(&dir).expect("create log dir");
+        Self(dir)
+    }
+}
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads everything a CRI streaming URL (exec or attach) sends on stdout, over the
+/// `channel.k8s.io` WebSocket protocol (first byte of each message: 1 stdout, 2 stderr).
+fn stream_stdout(url: &str, until: &str) -> String {
+    use tungstenite::client::IntoClientRequest;
+    let url = url.replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().expect("streaming url");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut socket, _) = tungstenite::connect(request).expect("open streaming websocket");
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+    }
+    let mut stdout = String::new();
+    while let Ok(message) = socket.read() {
+        let data = message.into_data();
+        if data.first() == Some(&1) {
+            stdout.push_str(&String::from_utf8_lossy(&data[1..]));
+        }
+        if !until.is_empty() && stdout.contains(until) {
+            break;
+        }
+    }
+    let _ = socket.close(None);
+    stdout
+}
+
+/// The memory limit the host's cgroup (v1 or v2) applies to `pid`.
+fn memory_limit_of(pid: u32) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let file = if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(file) {
+            return text.trim().parse().ok();
+        }
+    }
+    None
+}
+
+/// The whole pod lifecycle with two app containers in one vessel shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_lifecycle_with_two_containers() {
+    let mut cri = Cri::connect().await;
+    let logs = LogDir::new("cri-logs");
+    let config = pod_config("pod-life", &logs.0, NamespaceMode::Pod);
+    let pod = cri
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: HANDLER.to_string(),
+        })
+        .await
+        .expect("RunPodSandbox through vessel")
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(pod_shims(&pod), 1, "one shim for the pod sandbox");
+
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let name = format!("app{n}");
+        let script = format!("echo hello-from-{name}; while true; do echo tick; sleep 1; done");
+        let id = cri
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config(&name, &script)),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        cri.runtime
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        ids.push(id);
+    }
+    assert_eq!(pod_shims(&pod), 1, "app containers join the pod's shim");
+    for id in &ids {
+        assert!(
+            common::shim_processes()
+                .iter()
+                .all(|(_, cmdline)| !cmdline.contains(id.as_str())),
+            "no shim daemon of its own for container {id}"
+        );
+        let status = cri
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(status.state, 1, "container {id} is RUNNING: {status:?}");
+    }
+
+    // ExecSync sees the pod's shared UTS namespace (the pod hostname).
+    let exec = cri
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: ids[0].clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo exec-ok; hostname; exit 4".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-ok\npod-life\n");
+    assert_eq!(exec.exit_code, 4);
+
+    // ExecSync with a timeout comes back, and leaves no process behind.
+    let started = std::time::Instant::now();
+    let timed_out = cri
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: ids[0].clone(),
+            cmd: vec!["sleep".into(), "60".into()],
+            timeout: 1,
+        })
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "ExecSync honours its timeout"
+    );
+    match timed_out {
+        Err(status) => assert!(status.message().contains("timeout"), "{status:?}"),
+        Ok(response) => assert_ne!(response.into_inner().exit_code, 0),
+    }
+
+    // Exec and Attach through the streaming server.
+    let url = cri
+        .runtime
+        .exec(ExecRequest {
+            container_id: ids[1].clone(),
+            cmd: vec!["echo".into(), "streamed-exec".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, ""))
+        .await
+        .expect("exec stream");
+    assert_eq!(out, "streamed-exec\n");
+    let url = cri
+        .runtime
+        .attach(AttachRequest {
+            container_id: ids[1].clone(),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, "tick"))
+        .await
+        .expect("attach stream");
+    assert!(
+        out.contains("tick"),
+        "attached to the running output: {out:?}"
+    );
+
+    // Logs reach the CRI log path.
+    for (n, id) in ids.iter().enumerate() {
+        let path = logs.0.join(format!("app{}.log", n + 1));
+        let expected = format!("hello-from-app{}", n + 1);
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&path)
+                .is_ok_and(|log| log.contains(&expected))),
+            "log of {id} at {} has {expected}",
+            path.display()
+        );
+    }
+
+    // Stats and resources.
+    let stats = cri
+        .runtime
+        .container_stats(ContainerStatsRequest {
+            container_id: ids[0].clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let usage = stats
+        .memory
+        .and_then(|m| m.working_set_bytes.or(m.usage_bytes))
+        .map(|v| v.value)
+        .unwrap_or_default();
+    assert!(usage > 0, "memory usage reported");
+    let limit = 96 * 1024 * 1024;
+    cri.runtime
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: ids[0].clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let pid = container_pid(&ids[0]);
+    assert_eq!(memory_limit_of(pid), Some(limit as u64), "limit applied");
+
+    // Stop and remove, each twice: the second time is not an error.
+    for id in &ids {
+        for _ in 0..2 {
+            cri.runtime
+                .stop_container(StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 2,
+                })
+                .await
+                .expect("StopContainer");
+        }
+        for _ in 0..2 {
+            cri.runtime
+                .remove_container(RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .expect("RemoveContainer");
+        }
+        assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    }
+    assert_eq!(
+        pod_shims(&pod),
+        1,
+        "the pod's shim outlives its app containers"
+    );
+    for _ in 0..2 {
+        cri.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .expect("StopPodSandbox");
+    }
+    for _ in 0..2 {
+        cri.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || pod_shims(&pod) == 0),
+        "the pod's shim exits"
+    );
+    assert!(leftovers(&pod).is_empty(), "{:?}", leftovers(&pod));
+}
+
+/// The host pid of a CRI container, from the pod's shim via `ctr` in the k8s.io namespace.
+fn container_pid(id: &str) -> u32 {
+    let out = common::Ctr::new(&["task", "ls"])
+        .namespace(common::CRI_NAMESPACE)
+        .run_ok();
+    out.lines()
+        .find(|line| line.starts_with(id))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
+}
+
+/// A forbidden annotation fails RunPodSandbox with the conversion core's message, and
+/// leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_annotation_fails_the_pod() {
+    let mut cri = Cri::connect().await;
+    let logs = LogDir::new("cri-bad");
+    let mut config = pod_config("pod-bad", &logs.0, NamespaceMode::Pod);
+    let key = "io.katacontainers.config.hypervisor.kernel";
+    config.annotations = HashMap::from([(key.to_string(), "/tmp/evil-kernel".to_string())]);
+    let status = cri
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: HANDLER.to_string(),
+        })
+        .await
+        .expect_err("a path-valued annotation not enabled in the config is refused");
+    assert!(status.message().contains(key), "{status:?}");
+    assert!(
+        status.message().contains("enable_annotations"),
+        "{status:?}"
+    );
+    let pods = cri
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(
+        pods.iter()
+            .all(|p| p.metadata.as_ref().is_none_or(|m| m.name != "pod-bad")),
+        "no pod left: {pods:?}"
+    );
+    let containers = common::Ctr::new(&[
+        "containers",
+        "ls",
+        "-q",
+        "labels.\"io.kubernetes.pod.name\"==pod-bad",
+    ])
+    .namespace(common::CRI_NAMESPACE)
+    .run_ok();
+    assert!(
+        containers.trim().is_empty(),
+        "no container left: {containers}"
+    );
+}
+
+/// A host-network pod's containers see the host's network namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pod_shares_the_host_network() {
+    let mut cri = Cri::connect().await;
+    let logs = LogDir::new("cri-host");
+    let mut config = pod_config("pod-host", &logs.0, NamespaceMode::Node);
+    // A host-network pod has the host's UTS namespace: kubelet sends no hostname.
+    config.hostname.clear();
+    let pod = cri
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: HANDLER.to_string(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let id = cri
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("hostnet", "sleep 1000")),
+            sandbox_config: Some(config),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    cri.runtime
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let pid = container_pid(&id);
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("container netns");
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("host netns");
+    assert_eq!(theirs, ours);
+    cri.runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    cri.runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(
+        wait_until(Duration::from_secs(10), || pod_shims(&pod) == 0),
+        "the pod's shim exits"
+    );
+    assert!(leftovers(&pod).is_empty(), "{:?}", leftovers(&pod));
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
