@@ -324,6 +324,12 @@ fn stdin_is_forwarded() {
     assert_no_leftovers(&id);
 }
 
+/// Shell of [`tty_is_a_terminal`]: prints the terminal and its size once
+/// ctr has sized it. ctr resizes the pty only after starting the task
+/// (runc races the same way), so wait (5 s at most) for a non-zero size.
+const TTY_SCRIPT: &str = "tty; for i in $(seq 50); do stty -a | grep -q 'rows 0;' || break; \
+                          sleep 0.1; done; stty size; exit 5";
+
 /// `ctr run -t` gives the process a pseudo-terminal of ctr's size.
 #[test]
 fn tty_is_a_terminal() {
@@ -343,7 +349,7 @@ fn tty_is_a_terminal() {
         &id,
         "sh",
         "-c",
-        "tty; stty size; exit 5",
+        TTY_SCRIPT,
     ]);
     // script gives ctr a terminal; its size is what ctr passes on
     let script = format!("stty cols 123 rows 45; {ctr}");
