@@ -5,7 +5,8 @@
 #      each serving a `sleep 1000` container
 #   3. `cargo bench --bench convert` (OCI spec conversion core)
 #
-#   scripts/bench.sh   (env: N=20, SHIM_DIR=target/release, SKIP_CARGO_BENCH=1)
+#   scripts/bench.sh   (env: N=20, SHIM_DIR=dir of the release shim, SKIP_CARGO_BENCH=1)
+#   `make bench` builds the release shim (static) and runs this with SHIM_DIR set.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,13 +18,13 @@ RUNC=io.containerd.runc.v2
 FAILED=0
 
 cd "$REPO"
-$CARGO build --release
+[ -n "${SHIM_DIR:-}" ] || { echo "bench.sh: set SHIM_DIR (make bench does)" >&2; exit 2; }
 
 DIR=$(mktemp -d /tmp/vessel-bench.XXXXXX)
 cleanup() { "$REPO/scripts/containerd.sh" stop "$DIR"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-SHIM_DIR="${SHIM_DIR:-$REPO/target/release}" "$REPO/scripts/containerd.sh" start "$DIR"
+SHIM_DIR="$SHIM_DIR" "$REPO/scripts/containerd.sh" start "$DIR"
 SOCK=$DIR/containerd.sock
 c() { timeout 120 ctr --address "$SOCK" "$@" </dev/null; }
 

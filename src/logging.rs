@@ -19,12 +19,13 @@ pub fn init(debug: bool, fields: (&str, &str)) -> Logger {
     let sink: Box<dyn Write + Send> =
         open_fifo("log").unwrap_or_else(|| Box::new(std::io::stderr()));
     let level = if debug { Level::Debug } else { Level::Info };
-    let json = slog_json::Json::new(sink).add_default_keys().build().fuse();
-    let drain = slog_async::Async::new(json.filter_level(level).fuse())
-        .chan_size(1024)
-        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
-        .build()
-        .fuse();
+    // One buffered write per record, so containerd never interleaves a line with its own;
+    // a mutex rather than a logging thread keeps the idle shim small.
+    let json = slog_json::Json::new(std::io::BufWriter::with_capacity(16 * 1024, sink))
+        .add_default_keys()
+        .set_flush(true)
+        .build();
+    let drain = std::sync::Mutex::new(json.filter_level(level)).fuse();
     let logger = Logger::root(
         drain,
         o!("source" => "vessel", "namespace" => fields.0.to_string(), "id" => fields.1.to_string()),

@@ -3,7 +3,7 @@
 //! `convert` is our own debugging subcommand; everything else (`start`, `delete`, the daemon) is
 //! the shim v2 protocol, handled by the containerd-shim crate around [`vessel::shim::Vessel`].
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
@@ -34,7 +34,8 @@ fn main() -> ExitCode {
             args.id.as_deref(),
         ) {
             Ok(json) => {
-                println!("{json:#}");
+                // A closed pipe (`convert ... | head`) is the reader's choice, not an error.
+                let _ = writeln!(std::io::stdout(), "{json:#}");
                 ExitCode::SUCCESS
             }
             Err(message) => {
