@@ -55,26 +55,11 @@ fn code(out: &Output) -> i32 {
     })
 }
 
-/// [`leftovers`], plus the shim's per-namespace runc state
-/// `/run/vessel/NS/ID` (the harness only looks at `/run/vessel/ID`).
-fn all_leftovers(id: &str) -> Vec<String> {
-    let mut left = leftovers(id);
-    if let Ok(namespaces) = fs::read_dir("/run/vessel") {
-        for ns in namespaces.flatten() {
-            let state = ns.path().join(id);
-            if state.exists() {
-                left.push(format!("path {}", state.display()));
-            }
-        }
-    }
-    left
-}
-
 /// Waits (up to [`CLEANUP_GRACE`]) until nothing of `id` is left, then
 /// asserts it, listing what remains.
 fn assert_no_leftovers(id: &str) {
-    wait_until(CLEANUP_GRACE, || all_leftovers(id).is_empty());
-    let left = all_leftovers(id);
+    wait_until(CLEANUP_GRACE, || leftovers(id).is_empty());
+    let left = leftovers(id);
     assert!(
         left.is_empty(),
         "leftovers of {id}: {left:#?}\ncontainerd log:\n{}",

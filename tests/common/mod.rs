@@ -472,7 +472,7 @@ fn contains_id(hay: &str, id: &str, prefix: bool) -> bool {
 /// - mounts (this mount namespace) whose mount point or source holds `id`;
 /// - containerd's task bundle `DIR/state/io.containerd.runtime.v2.task/NS/ID`
 ///   and `DIR/root/io.containerd.runtime.v2.task/NS/ID`, any namespace;
-/// - `/run/vessel/ID`, runc's `/run/containerd/runc/NS/ID`, the shim socket
+/// - `/run/vessel/NS/ID` and `/run/vessel/NS/ID.*`, runc's `/run/containerd/runc/NS/ID`, the shim socket
 ///   `/run/containerd/s/sha256(SOCK/NS/ID)`, cgroups `/sys/fs/cgroup/[*/]NS/ID`;
 /// - a container or task `ID` still known to containerd (default and k8s.io).
 ///
@@ -558,7 +558,12 @@ fn find_leftovers(id: &str, prefix: bool) -> Vec<String> {
             paths.extend(matching_children(&ns_dir, id, prefix));
         }
     }
-    paths.extend(matching_children(Path::new("/run/vessel"), id, prefix));
+    // vessel's runtime state: /run/vessel/NS/ID (the OCI runtime's), and files of the
+    // container's processes named ID.* (console sockets, exec pid files and logs)
+    for ns_dir in read_dir_paths(Path::new("/run/vessel")) {
+        paths.extend(matching_children(&ns_dir, id, prefix));
+        paths.extend(matching_children(&ns_dir, &format!("{id}."), true));
+    }
     // cgroups: v2 (/sys/fs/cgroup/NS/ID) and v1 (/sys/fs/cgroup/CTRL/NS/ID)
     let cg = Path::new("/sys/fs/cgroup");
     for ns in &namespaces {
