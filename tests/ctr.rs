@@ -609,3 +609,36 @@ fn task_events_in_order() {
     assert_no_leftovers(&id);
     assert_no_leftovers(&probe);
 }
+
+/// A container killed for lack of memory publishes /tasks/oom before its exit (137).
+#[test]
+fn oom_kill_is_published() {
+    let probe = unique_id("oom-probe");
+    let _probe_guard = ContainerGuard::new(&probe);
+    ctr_ok(&["containers", "create", BUSYBOX, &probe, "true"]);
+    let events = EventWatcher::start(&probe);
+
+    let id = unique_id("oom");
+    let _guard = ContainerGuard::new(&id);
+    let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived";
+    let out = run_rm(&id, &["--memory-limit", "33554432"], &["sh", "-c", hog]).run();
+    assert_eq!(code(&out), 137, "stdout: {}", stdout(&out));
+
+    let needle = format!("\"container_id\":\"{id}\"");
+    let mut topics = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        topics = events.topics_matching(&needle);
+        topics.iter().any(|t| t == "/tasks/delete")
+    });
+    let oom = topics.iter().position(|t| t == "/tasks/oom");
+    let exit = topics.iter().position(|t| t == "/tasks/exit");
+    assert!(
+        oom.is_some() && oom < exit,
+        "an OOM event before the exit: {topics:?}"
+    );
+
+    drop(events);
+    ctr_ok(&["containers", "rm", &probe]);
+    assert_no_leftovers(&id);
+    assert_no_leftovers(&probe);
+}

@@ -2,7 +2,8 @@
 //! binary (runc by default, crun selectable) through the `runc` crate.
 //!
 //! Container processes are reparented to the shim (a subreaper); the containerd-shim crate's
-//! reaper collects them and this backend turns their pids into [`Exit`]s.
+//! reaper collects them and this backend turns their pids into [`Exit`]s; each container's
+//! memory cgroup is watched for OOM kills.
 
 use std::{
     collections::HashMap,
@@ -35,7 +36,7 @@ use tokio::{
 
 use super::{
     console::{self, ConsoleSocket},
-    ContainerRequest, Error, Exit, ProcessIo, Result, Sandbox, Started, StdioWanted,
+    oom, ContainerRequest, Error, Event, Exit, ProcessIo, Result, Sandbox, Started, StdioWanted,
 };
 
 /// How many exits of not (yet) known pids are remembered, for a process that exits before
@@ -48,7 +49,7 @@ pub struct LinuxSandbox {
     binary: String,
     state: PathBuf,
     tracked: Arc<Mutex<Tracker>>,
-    exits: Mutex<Option<UnboundedReceiver<Exit>>>,
+    events: Mutex<Option<UnboundedReceiver<Event>>>,
     processes: Mutex<HashMap<(String, String), u32>>,
     consoles: Mutex<HashMap<(String, String), File>>,
 }
@@ -57,7 +58,7 @@ pub struct LinuxSandbox {
 struct Tracker {
     processes: HashMap<u32, (String, String)>,
     unclaimed: Vec<(u32, u32, SystemTime)>,
-    sender: UnboundedSender<Exit>,
+    sender: UnboundedSender<Event>,
 }
 
 impl Tracker {
@@ -87,13 +88,13 @@ impl Tracker {
     }
 
     fn emit(&self, pid: u32, container_id: String, exec_id: String, status: u32, at: SystemTime) {
-        let _ = self.sender.send(Exit {
+        let _ = self.sender.send(Event::Exit(Exit {
             container_id,
             exec_id,
             pid,
             status,
             at,
-        });
+        }));
     }
 }
 
@@ -118,7 +119,7 @@ impl LinuxSandbox {
             binary: binary.to_string(),
             state: state.to_path_buf(),
             tracked,
-            exits: Mutex::new(Some(receiver)),
+            events: Mutex::new(Some(receiver)),
             processes: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashMap::new()),
         })
@@ -222,6 +223,27 @@ impl LinuxSandbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .track(pid, container_id, exec_id);
+    }
+
+    /// Reports the container's OOM kills until its cgroup is removed.
+    fn watch_oom(&self, pid: u32, container_id: &str) {
+        let sender = self
+            .tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sender
+            .clone();
+        let container_id = container_id.to_string();
+        tokio::spawn(async move {
+            let report = || {
+                let _ = sender.send(Event::Oom {
+                    container_id: container_id.clone(),
+                });
+            };
+            if let Err(e) = oom::watch(pid, report).await {
+                log::debug!("no OOM events for {container_id}: {e}");
+            }
+        });
     }
 
     fn pid_of(&self, id: &str, exec_id: &str) -> Result<u32> {
@@ -474,6 +496,7 @@ impl Sandbox for LinuxSandbox {
             .await?;
         let pid = read_pid_file(&pid_file).await?;
         self.track(pid, &req.id, "");
+        self.watch_oom(pid, &req.id);
         Ok(Started { pid, io })
     }
 
@@ -618,8 +641,8 @@ impl Sandbox for LinuxSandbox {
         })
     }
 
-    fn exits(&self) -> Option<UnboundedReceiver<Exit>> {
-        self.exits.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn events(&self) -> Option<UnboundedReceiver<Event>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     async fn shutdown(&self) {

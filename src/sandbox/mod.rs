@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod linux;
+mod oom;
 
 use std::{
     path::{Path, PathBuf},
@@ -130,6 +131,18 @@ pub struct Exit {
     pub at: SystemTime,
 }
 
+/// What the sandbox reports about its containers.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A process exited.
+    Exit(Exit),
+    /// The kernel killed a process of the container for lack of memory.
+    Oom {
+        /// Container id.
+        container_id: String,
+    },
+}
+
 /// A sandbox: the place a pod's containers run in.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
@@ -163,8 +176,8 @@ pub trait Sandbox: Send + Sync {
     async fn stats(&self, id: &str) -> Result<Any>;
     /// Resizes a process's terminal.
     async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()>;
-    /// Takes the stream of exits; called once by the shim.
-    fn exits(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Exit>>;
+    /// Takes the stream of exits and OOM kills; called once by the shim.
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>>;
     /// Releases everything the sandbox holds once its last container is gone.
     async fn shutdown(&self);
 }

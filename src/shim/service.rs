@@ -15,8 +15,8 @@ use containerd_shim::{
 use containerd_shim_protos::{
     api,
     events::task::{
-        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
-        TaskResumed, TaskStart,
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
+        TaskPaused, TaskResumed, TaskStart,
     },
     protobuf::{well_known_types::empty::Empty, MessageDyn},
     shim_async::Task,
@@ -33,7 +33,7 @@ use super::{
 use crate::{
     config::Config,
     oci::RuntimeConfig,
-    sandbox::{ContainerRequest, Exit, Sandbox, StdioWanted},
+    sandbox::{ContainerRequest, Event, Exit, Sandbox, StdioWanted},
 };
 
 /// Version reported by Connect.
@@ -146,8 +146,8 @@ impl TaskService {
                 let sandbox = crate::sandbox::build(config, &self.state.namespace)
                     .await
                     .map_err(|e| status_error(Code::UNKNOWN, e.to_string()))?;
-                if let Some(exits) = sandbox.exits() {
-                    tokio::spawn(handle_exits(self.state.clone(), exits));
+                if let Some(events) = sandbox.events() {
+                    tokio::spawn(handle_events(self.state.clone(), events));
                 }
                 Ok::<_, ttrpc::Error>(sandbox)
             })
@@ -163,13 +163,30 @@ impl TaskService {
     }
 }
 
-/// Applies each exit: drains its output, records it, publishes TaskExit.
-async fn handle_exits(state: Arc<State>, mut exits: tokio::sync::mpsc::UnboundedReceiver<Exit>) {
-    while let Some(exit) = exits.recv().await {
-        let state = state.clone();
-        // Each exit drains on its own, so a process whose output is held open elsewhere
-        // cannot delay the others.
-        tokio::spawn(async move { apply_exit(&state, exit).await });
+/// Publishes what the sandbox reports: TaskOOM at once; each exit once its output is
+/// drained and it is recorded (TaskExit).
+async fn handle_events(state: Arc<State>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Exit(exit) => {
+                let state = state.clone();
+                // Each exit drains on its own, so a process whose output is held open
+                // elsewhere cannot delay the others.
+                tokio::spawn(async move { apply_exit(&state, exit).await });
+            }
+            Event::Oom { container_id } => {
+                info!(state.logger, "out of memory"; "container" => &container_id);
+                state
+                    .publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        }
     }
 }
 

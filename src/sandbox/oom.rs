@@ -1,0 +1,124 @@
+//! Out-of-memory kills in a container's memory cgroup, watched without a thread:
+//! cgroup v1 through an eventfd registered on `memory.oom_control`, cgroup v2 through
+//! inotify on `memory.events` (its `oom_kill` counter).
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use nix::sys::{
+    eventfd::{EfdFlags, EventFd},
+    inotify::{AddWatchFlags, InitFlags, Inotify},
+};
+use tokio::io::unix::AsyncFd;
+
+/// The memory cgroup directory of `pid`: v1's `memory` hierarchy, or the v2 unified one.
+fn memory_cgroup(pid: u32) -> io::Result<(PathBuf, bool)> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let relative = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            return Ok((Path::new("/sys/fs/cgroup/memory").join(relative), false));
+        }
+        if controllers.is_empty() && Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            return Ok((Path::new("/sys/fs/cgroup").join(relative), true));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no memory cgroup for pid {pid}"),
+    ))
+}
+
+/// Calls `on_oom` for each OOM kill in `pid`'s memory cgroup until the cgroup is removed.
+pub async fn watch(pid: u32, mut on_oom: impl FnMut()) -> io::Result<()> {
+    let (dir, v2) = memory_cgroup(pid)?;
+    if v2 {
+        watch_v2(&dir, &mut on_oom).await
+    } else {
+        watch_v1(&dir, &mut on_oom).await
+    }
+}
+
+/// cgroup v1: the eventfd fires on every OOM, and once more when the cgroup goes away.
+async fn watch_v1(dir: &Path, on_oom: &mut impl FnMut()) -> io::Result<()> {
+    let control = File::open(dir.join("memory.oom_control"))?;
+    let events = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+    std::fs::write(
+        dir.join("cgroup.event_control"),
+        format!("{} {}", events.as_fd().as_raw_fd(), control.as_raw_fd()),
+    )?;
+    // SAFETY: the AsyncFd owns the eventfd, which stays open for as long as it is registered.
+    let events = unsafe { AsyncFd::register(events) }?;
+    loop {
+        let mut ready = events.readable().await?;
+        match ready.get_inner().read() {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                ready.clear_ready();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !dir.exists() {
+            return Ok(());
+        }
+        on_oom();
+    }
+}
+
+/// cgroup v2: `memory.events` changes; an `oom_kill` count that grew is an OOM kill.
+async fn watch_v2(dir: &Path, on_oom: &mut impl FnMut()) -> io::Result<()> {
+    let file = dir.join("memory.events");
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+    inotify.add_watch(&file, AddWatchFlags::IN_MODIFY)?;
+    let inotify = Watch(inotify);
+    // SAFETY: the AsyncFd owns the inotify fd, which stays open while it is registered.
+    let inotify = unsafe { AsyncFd::register(inotify) }?;
+    let mut kills = oom_kills(&file).unwrap_or(0);
+    loop {
+        let mut ready = inotify.readable().await?;
+        match ready.get_inner().0.read_events() {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                ready.clear_ready();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let Some(now) = oom_kills(&file) else {
+            return Ok(());
+        };
+        if now > kills {
+            on_oom();
+        }
+        kills = now;
+    }
+}
+
+/// An inotify instance, registrable with the reactor.
+struct Watch(Inotify);
+
+impl AsRawFd for Watch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// The `oom_kill` counter of a v2 `memory.events` file; None once the cgroup is gone.
+fn oom_kills(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
