@@ -57,6 +57,8 @@ pub struct Process {
     pub stdio: StdioPaths,
     /// The copies between the process and containerd's fifos.
     pub io: IoTasks,
+    /// The shim's watch on each output fifo, kept until the exit is published.
+    pub outputs: Vec<super::io::OutputFifo>,
     /// The exec'd process's OCI spec (None for init).
     pub spec: Option<oci_spec::runtime::Process>,
     exit: watch::Sender<Option<ExitInfo>>,
@@ -70,6 +72,7 @@ impl Process {
             status: Status::CREATED,
             stdio,
             io: IoTasks::default(),
+            outputs: Vec::new(),
             spec,
             exit: watch::channel(None).0,
         }

@@ -191,18 +191,23 @@ async fn handle_events(state: Arc<State>, mut events: tokio::sync::mpsc::Unbound
 }
 
 async fn apply_exit(state: &State, exit: Exit) {
-    let io = {
-        let containers = state.containers.lock().await;
-        let Some(container) = containers.get(&exit.container_id) else {
+    let (io, outputs) = {
+        let mut containers = state.containers.lock().await;
+        let Some(container) = containers.get_mut(&exit.container_id) else {
             return;
         };
-        match container.process(&exit.exec_id) {
-            Ok(process) => process.io.clone(),
+        match container.process_mut(&exit.exec_id) {
+            Ok(process) => (process.io.clone(), std::mem::take(&mut process.outputs)),
             Err(_) => return,
         }
     };
-    // Every line the process wrote reaches containerd before it hears of the exit.
+    // Every line the process wrote reaches containerd, and is read, before it hears of the
+    // exit.
     io.shutdown().await;
+    for output in &outputs {
+        output.drained().await;
+    }
+    drop(outputs);
     let info = ExitInfo {
         status: exit.status,
         at: exit.at,
@@ -313,13 +318,14 @@ impl Task for TaskService {
         };
         let mut init = Process::new(stdio, None);
         init.pid = started.pid;
-        if let Err(e) =
-            super::io::connect(&init.io, started.io, &req.stdin, &req.stdout, &req.stderr)
-        {
-            init.io.abort().await;
-            let _ = sandbox.delete(&req.id).await;
-            bundle::unmount_rootfs(&bundle);
-            return Err(invalid_argument(e.to_string()));
+        match super::io::connect(&init.io, started.io, &req.stdin, &req.stdout, &req.stderr).await {
+            Ok(outputs) => init.outputs = outputs,
+            Err(e) => {
+                init.io.abort().await;
+                let _ = sandbox.delete(&req.id).await;
+                bundle::unmount_rootfs(&bundle);
+                return Err(invalid_argument(e.to_string()));
+            }
         }
         let pid = init.pid;
         containers.insert(
@@ -404,15 +410,20 @@ impl Task for TaskService {
         process.pid = started.pid;
         process.status = Status::RUNNING;
         let stdio = process.stdio.clone();
-        if let Err(e) = super::io::connect(
+        match super::io::connect(
             &process.io,
             started.io,
             &stdio.stdin,
             &stdio.stdout,
             &stdio.stderr,
-        ) {
-            let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
-            return Err(invalid_argument(e.to_string()));
+        )
+        .await
+        {
+            Ok(outputs) => process.outputs = outputs,
+            Err(e) => {
+                let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
+                return Err(invalid_argument(e.to_string()));
+            }
         }
         let pid = process.pid;
         self.state
