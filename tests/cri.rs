@@ -170,7 +170,11 @@ fn memory_limit_of(pid: u32) -> Option<u64> {
 async fn pod_lifecycle_with_two_containers() {
     let mut cri = Cri::connect().await;
     let logs = LogDir::new("cri-logs");
-    let config = pod_config("pod-life", &logs.0, NamespaceMode::Pod);
+    let mut config = pod_config("pod-life", &logs.0, NamespaceMode::Pod);
+    config.annotations = HashMap::from([(
+        "io.katacontainers.config.hypervisor.default_memory".to_string(),
+        "512".to_string(),
+    )]);
     let pod = cri
         .runtime
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -207,6 +211,18 @@ async fn pod_lifecycle_with_two_containers() {
         ids.push(id);
     }
     assert_eq!(pod_shims(&pod), 1, "app containers join the pod's shim");
+
+    // The pod's annotation reached the conversion core through containerd and shaped the
+    // sandbox config; an app container converts as a member of the pod.
+    let sandbox = convert(&pod);
+    assert_eq!(sandbox["kind"], "sandbox", "{sandbox}");
+    assert_eq!(
+        sandbox["sandbox"]["hypervisor_config"]["memory_size"], 512,
+        "{sandbox}"
+    );
+    let member = convert(&ids[0]);
+    assert_eq!(member["kind"], "container", "{member}");
+    assert_eq!(member["sandbox_id"], pod.as_str(), "{member}");
     for id in &ids {
         assert!(
             common::shim_processes()
@@ -395,6 +411,27 @@ async fn pod_lifecycle_with_two_containers() {
         "the pod's shim exits"
     );
     assert!(leftovers(&pod).is_empty(), "{:?}", leftovers(&pod));
+}
+
+/// `containerd-shim-vessel-v2 convert` of a CRI task's bundle in the test containerd.
+fn convert(id: &str) -> serde_json::Value {
+    let bundle = common::containerd_dir()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(common::CRI_NAMESPACE)
+        .join(id);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_containerd-shim-vessel-v2"))
+        .arg("convert")
+        .arg("--bundle")
+        .arg(&bundle)
+        .output()
+        .expect("run convert");
+    assert!(
+        out.status.success(),
+        "convert {}: {}",
+        bundle.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("convert prints JSON")
 }
 
 /// The host pid of a CRI container, from the pod's shim via `ctr` in the k8s.io namespace.
