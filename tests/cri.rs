@@ -45,6 +45,74 @@ impl Cri {
             _images: ImageServiceClient::new(channel),
         }
     }
+
+    /// RunPodSandbox with the vessel handler.
+    async fn run_pod(&mut self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+        let request = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: HANDLER.to_string(),
+        };
+        let response = self.runtime.run_pod_sandbox(request).await?;
+        Ok(response.into_inner().pod_sandbox_id)
+    }
+
+    /// Creates and starts a busybox container running `script` in the pod.
+    async fn start_container(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        name: &str,
+        script: &str,
+    ) -> String {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(container_config(name, script)),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self
+            .runtime
+            .create_container(request)
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        let request = StartContainerRequest {
+            container_id: id.clone(),
+        };
+        self.runtime
+            .start_container(request)
+            .await
+            .expect("StartContainer");
+        id
+    }
+
+    /// Stops and removes the pod `times` times each (again is not an error), then checks
+    /// that its shim exits and nothing of it is left.
+    async fn remove_pod(&mut self, pod: &str, times: usize) {
+        for _ in 0..times {
+            let request = StopPodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            };
+            self.runtime
+                .stop_pod_sandbox(request)
+                .await
+                .expect("StopPodSandbox");
+        }
+        for _ in 0..times {
+            let request = RemovePodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            };
+            self.runtime
+                .remove_pod_sandbox(request)
+                .await
+                .expect("RemovePodSandbox");
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || pod_shims(pod) == 0),
+            "the pod's shim exits"
+        );
+        assert!(leftovers(pod).is_empty(), "{:?}", leftovers(pod));
+    }
 }
 
 /// A pod config: its own log directory, the given network namespace mode and annotations.
@@ -176,39 +244,16 @@ async fn pod_lifecycle_with_two_containers() {
         "512".to_string(),
     )]);
     let pod = cri
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: HANDLER.to_string(),
-        })
+        .run_pod(&config)
         .await
-        .expect("RunPodSandbox through vessel")
-        .into_inner()
-        .pod_sandbox_id;
+        .expect("RunPodSandbox through vessel");
     assert_eq!(pod_shims(&pod), 1, "one shim for the pod sandbox");
 
     let mut ids = Vec::new();
     for n in 1..=2 {
         let name = format!("app{n}");
         let script = format!("echo hello-from-{name}; while true; do echo tick; sleep 1; done");
-        let id = cri
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config(&name, &script)),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .expect("CreateContainer")
-            .into_inner()
-            .container_id;
-        cri.runtime
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("StartContainer");
-        ids.push(id);
+        ids.push(cri.start_container(&pod, &config, &name, &script).await);
     }
     assert_eq!(pod_shims(&pod), 1, "app containers join the pod's shim");
 
@@ -390,27 +435,7 @@ async fn pod_lifecycle_with_two_containers() {
         1,
         "the pod's shim outlives its app containers"
     );
-    for _ in 0..2 {
-        cri.runtime
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .expect("StopPodSandbox");
-    }
-    for _ in 0..2 {
-        cri.runtime
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .expect("RemovePodSandbox");
-    }
-    assert!(
-        wait_until(Duration::from_secs(10), || pod_shims(&pod) == 0),
-        "the pod's shim exits"
-    );
-    assert!(leftovers(&pod).is_empty(), "{:?}", leftovers(&pod));
+    cri.remove_pod(&pod, 2).await;
 }
 
 /// `containerd-shim-vessel-v2 convert` of a CRI task's bundle in the test containerd.
@@ -456,11 +481,7 @@ async fn forbidden_annotation_fails_the_pod() {
     let key = "io.katacontainers.config.hypervisor.kernel";
     config.annotations = HashMap::from([(key.to_string(), "/tmp/evil-kernel".to_string())]);
     let status = cri
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: HANDLER.to_string(),
-        })
+        .run_pod(&config)
         .await
         .expect_err("a path-valued annotation not enabled in the config is refused");
     assert!(status.message().contains(key), "{status:?}");
@@ -502,53 +523,14 @@ async fn host_network_pod_shares_the_host_network() {
     let mut config = pod_config("pod-host", &logs.0, NamespaceMode::Node);
     // A host-network pod has the host's UTS namespace: kubelet sends no hostname.
     config.hostname.clear();
-    let pod = cri
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: HANDLER.to_string(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = cri.run_pod(&config).await.expect("RunPodSandbox");
     let id = cri
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("hostnet", "sleep 1000")),
-            sandbox_config: Some(config),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    cri.runtime
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+        .start_container(&pod, &config, "hostnet", "sleep 1000")
+        .await;
     let pid = container_pid(&id);
     let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("container netns");
     let ours = std::fs::read_link("/proc/self/ns/net").expect("host netns");
     assert_eq!(theirs, ours);
-    cri.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    cri.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("RemovePodSandbox");
-    assert!(
-        wait_until(Duration::from_secs(10), || pod_shims(&pod) == 0),
-        "the pod's shim exits"
-    );
-    assert!(leftovers(&pod).is_empty(), "{:?}", leftovers(&pod));
+    cri.remove_pod(&pod, 1).await;
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
 }
