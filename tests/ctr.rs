@@ -167,13 +167,18 @@ fn ctr_shell_command(args: &[&str]) -> String {
 struct EventWatcher {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    probe: String,
+    _probe_guard: ContainerGuard,
 }
 
 impl EventWatcher {
     /// Starts `ctr events` and returns once it demonstrably receives events:
-    /// it relabels the container `probe` (which must exist) until the
-    /// matching `/containers/update` shows up.
-    fn start(probe: &str) -> Self {
+    /// it creates a probe container and relabels it until the matching
+    /// `/containers/update` shows up. The probe is removed on drop.
+    fn start() -> Self {
+        let probe = unique_id("events-probe");
+        let probe_guard = ContainerGuard::new(&probe);
+        ctr_ok(&["containers", "create", BUSYBOX, &probe, "true"]);
         let mut child = Command::new("ctr")
             .arg("--address")
             .arg(socket())
@@ -193,12 +198,17 @@ impl EventWatcher {
                 sink.lock().unwrap().push(line);
             }
         });
-        let watcher = EventWatcher { child, lines };
         let needle = format!("\"id\":\"{probe}\"");
+        let watcher = EventWatcher {
+            child,
+            lines,
+            probe,
+            _probe_guard: probe_guard,
+        };
         let mut n = 0;
         let subscribed = wait_until(Duration::from_secs(30), || {
             n += 1;
-            ctr_ok(&["containers", "label", probe, &format!("probe={n}")]);
+            ctr_ok(&["containers", "label", &watcher.probe, &format!("probe={n}")]);
             wait_until(Duration::from_millis(500), || {
                 watcher
                     .topics_matching(&needle)
@@ -238,6 +248,10 @@ impl Drop for EventWatcher {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = ctr(&["containers", "rm", &self.probe]);
+        if !thread::panicking() {
+            assert_no_leftovers(&self.probe);
+        }
     }
 }
 
@@ -575,10 +589,7 @@ fn errors_fail_fast() {
 /// A task's events arrive in order: create, start, exit (with its code), delete.
 #[test]
 fn task_events_in_order() {
-    let probe = unique_id("events-probe");
-    let _probe_guard = ContainerGuard::new(&probe);
-    ctr_ok(&["containers", "create", BUSYBOX, &probe, "true"]);
-    let events = EventWatcher::start(&probe);
+    let events = EventWatcher::start();
 
     let id = unique_id("events");
     let _guard = ContainerGuard::new(&id);
@@ -605,18 +616,13 @@ fn task_events_in_order() {
     );
 
     drop(events);
-    ctr_ok(&["containers", "rm", &probe]);
     assert_no_leftovers(&id);
-    assert_no_leftovers(&probe);
 }
 
 /// A container killed for lack of memory publishes /tasks/oom before its exit (137).
 #[test]
 fn oom_kill_is_published() {
-    let probe = unique_id("oom-probe");
-    let _probe_guard = ContainerGuard::new(&probe);
-    ctr_ok(&["containers", "create", BUSYBOX, &probe, "true"]);
-    let events = EventWatcher::start(&probe);
+    let events = EventWatcher::start();
 
     let id = unique_id("oom");
     let _guard = ContainerGuard::new(&id);
@@ -638,7 +644,5 @@ fn oom_kill_is_published() {
     );
 
     drop(events);
-    ctr_ok(&["containers", "rm", &probe]);
     assert_no_leftovers(&id);
-    assert_no_leftovers(&probe);
 }
