@@ -3,6 +3,8 @@
 use std::time::SystemTime;
 
 use containerd_shim::{asynchronous::io::IoTasks, protos::api::Status};
+
+use crate::oci::State;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::watch;
 
@@ -19,6 +21,17 @@ impl ExitInfo {
     /// The exit time as a protobuf timestamp.
     pub fn timestamp(&self) -> Timestamp {
         to_timestamp(self.at)
+    }
+}
+
+/// The containerd task status of a state, through its OCI state name.
+pub fn task_status(state: State) -> Status {
+    match state.oci_state() {
+        "created" => Status::CREATED,
+        "running" => Status::RUNNING,
+        "stopped" => Status::STOPPED,
+        "paused" => Status::PAUSED,
+        _ => Status::UNKNOWN,
     }
 }
 
@@ -51,8 +64,8 @@ pub struct StdioPaths {
 pub struct Process {
     /// Host pid, 0 before it started.
     pub pid: u32,
-    /// Lifecycle status as containerd sees it.
-    pub status: Status,
+    /// Lifecycle state.
+    pub status: State,
     /// The streams requested.
     pub stdio: StdioPaths,
     /// The copies between the process and containerd's fifos.
@@ -69,7 +82,7 @@ impl Process {
     pub fn new(stdio: StdioPaths, spec: Option<oci_spec::runtime::Process>) -> Self {
         Self {
             pid: 0,
-            status: Status::CREATED,
+            status: State::Ready,
             stdio,
             io: IoTasks::default(),
             outputs: Vec::new(),
@@ -85,7 +98,7 @@ impl Process {
 
     /// Records the exit and wakes every waiter.
     pub fn set_exited(&mut self, exit: ExitInfo) {
-        self.status = Status::STOPPED;
+        self.status = State::Stopped;
         self.exit.send_replace(Some(exit));
     }
 

@@ -9,7 +9,6 @@ use std::{
 use async_trait::async_trait;
 use containerd_shim::{
     asynchronous::{publisher::RemotePublisher, ExitSignal},
-    protos::api::Status,
     util::convert_to_any,
 };
 use containerd_shim_protos::{
@@ -32,7 +31,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    oci::RuntimeConfig,
+    oci::{RuntimeConfig, State},
     sandbox::{ContainerRequest, Event, Exit, Sandbox, StdioWanted},
 };
 
@@ -67,14 +66,14 @@ impl Container {
 }
 
 /// Shared state of the service and its exit handler.
-struct State {
+struct Shared {
     namespace: String,
     containers: Mutex<HashMap<String, Container>>,
     publisher: RemotePublisher,
     logger: Logger,
 }
 
-impl State {
+impl Shared {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let ctx = containerd_shim::Context::default();
         if let Err(e) = self
@@ -89,7 +88,7 @@ impl State {
 
 /// The Task service.
 pub struct TaskService {
-    state: Arc<State>,
+    state: Arc<Shared>,
     config: OnceCell<(Config, RuntimeConfig)>,
     sandbox: OnceCell<Arc<dyn Sandbox>>,
     exit: Arc<ExitSignal>,
@@ -104,7 +103,7 @@ impl TaskService {
         logger: Logger,
     ) -> Self {
         Self {
-            state: Arc::new(State {
+            state: Arc::new(Shared {
                 namespace: namespace.to_string(),
                 containers: Mutex::new(HashMap::new()),
                 publisher,
@@ -165,7 +164,10 @@ impl TaskService {
 
 /// Publishes what the sandbox reports: TaskOOM at once; each exit once its output is
 /// drained and it is recorded (TaskExit).
-async fn handle_events(state: Arc<State>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+async fn handle_events(
+    state: Arc<Shared>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) {
     while let Some(event) = events.recv().await {
         match event {
             Event::Exit(exit) => {
@@ -190,7 +192,7 @@ async fn handle_events(state: Arc<State>, mut events: tokio::sync::mpsc::Unbound
     }
 }
 
-async fn apply_exit(state: &State, exit: Exit) {
+async fn apply_exit(state: &Shared, exit: Exit) {
     let (io, outputs) = {
         let mut containers = state.containers.lock().await;
         let Some(container) = containers.get_mut(&exit.container_id) else {
@@ -374,15 +376,17 @@ impl Task for TaskService {
             .get_mut(&req.id)
             .ok_or_else(|| container_not_found(&req.id))?;
         let process = container.process_mut(&req.exec_id)?;
-        if process.status != Status::CREATED {
+        if process.status != State::Ready {
             return Err(precondition(format!(
-                "cannot start {} {}: it is {:?}, not created",
-                req.id, req.exec_id, process.status
+                "cannot start {} {}: it is {}, not created",
+                req.id,
+                req.exec_id,
+                process.status.oci_state()
             )));
         }
         if req.exec_id.is_empty() {
             sandbox.start(&req.id).await.map_err(backend_error)?;
-            process.status = Status::RUNNING;
+            process.status = State::Running;
             let pid = process.pid;
             self.state
                 .publish(
@@ -408,7 +412,7 @@ impl Task for TaskService {
             .await
             .map_err(backend_error)?;
         process.pid = started.pid;
-        process.status = Status::RUNNING;
+        process.status = State::Running;
         let stdio = process.stdio.clone();
         match super::io::connect(
             &process.io,
@@ -462,7 +466,7 @@ impl Task for TaskService {
             },
             bundle: container.bundle.display().to_string(),
             pid: process.pid,
-            status: process.status.into(),
+            status: super::process::task_status(process.status).into(),
             stdin: process.stdio.stdin.clone(),
             stdout: process.stdio.stdout.clone(),
             stderr: process.stdio.stderr.clone(),
@@ -487,7 +491,7 @@ impl Task for TaskService {
             .ok_or_else(|| container_not_found(&req.id))?;
         if !req.exec_id.is_empty() {
             let process = container.process(&req.exec_id)?;
-            if process.status == Status::RUNNING {
+            if process.status == State::Running {
                 return Err(precondition(format!(
                     "exec {} of {} is still running",
                     req.exec_id, req.id
@@ -507,7 +511,7 @@ impl Task for TaskService {
                 ..Default::default()
             });
         }
-        if matches!(container.init.status, Status::RUNNING | Status::PAUSED) {
+        if matches!(container.init.status, State::Running | State::Paused) {
             return Err(precondition(format!(
                 "container {} is still running: kill it first",
                 req.id
@@ -656,7 +660,7 @@ impl Task for TaskService {
         let container = containers
             .get_mut(&req.id)
             .ok_or_else(|| container_not_found(&req.id))?;
-        if container.init.status != Status::RUNNING {
+        if container.init.status != State::Running {
             return Err(precondition(format!("container {} is not running", req.id)));
         }
         if req.exec_id.is_empty() || container.execs.contains_key(&req.exec_id) {
@@ -808,7 +812,7 @@ impl TaskService {
     async fn require_running(&self, id: &str) -> ttrpc::Result<()> {
         let containers = self.state.containers.lock().await;
         let container = containers.get(id).ok_or_else(|| container_not_found(id))?;
-        if !matches!(container.init.status, Status::RUNNING | Status::PAUSED) {
+        if !matches!(container.init.status, State::Running | State::Paused) {
             return Err(precondition(format!("container {id} is not running")));
         }
         Ok(())
@@ -821,14 +825,15 @@ impl TaskService {
             .get_mut(id)
             .ok_or_else(|| container_not_found(id))?;
         let (from, to) = if pause {
-            (Status::RUNNING, Status::PAUSED)
+            (State::Running, State::Paused)
         } else {
-            (Status::PAUSED, Status::RUNNING)
+            (State::Paused, State::Running)
         };
         if container.init.status != from {
             return Err(precondition(format!(
-                "container {id} is {:?}, not {from:?}",
-                container.init.status
+                "container {id} is {}, not {}",
+                container.init.status.oci_state(),
+                from.oci_state()
             )));
         }
         if pause {
