@@ -646,3 +646,53 @@ fn oom_kill_is_published() {
     drop(events);
     assert_no_leftovers(&id);
 }
+
+/// A configuration file given through the runtime options is used, and a bad one fails the
+/// container with an error naming the key, leaving nothing behind.
+#[test]
+fn runtime_config_path_is_honoured() {
+    let dir = std::env::temp_dir().join(unique_id("config"));
+    fs::create_dir_all(&dir).expect("config dir");
+    let cases = [
+        (
+            "typo.toml",
+            "[runtime]\nsandbox_backnd = \"vm\"\n",
+            "runtime.sandbox_backnd",
+        ),
+        (
+            "missing.toml",
+            "[runtime]\noci_runtime = \"no-such-runtime\"\n",
+            "runtime.oci_runtime",
+        ),
+        (
+            "vm.toml",
+            "[runtime]\nsandbox_backend = \"vm\"\n",
+            "sandbox_backend",
+        ),
+    ];
+    for (name, text, key) in cases {
+        let path = dir.join(name);
+        fs::write(&path, text).expect("write config");
+        let id = unique_id("config");
+        let _guard = ContainerGuard::new(&id);
+        let path = path.display().to_string();
+        let out = run_rm(&id, &["--runtime-config-path", &path], &["true"]).run();
+        assert_ne!(code(&out), 0, "{name} must fail");
+        assert!(stderr(&out).contains(key), "{name}: {}", stderr(&out));
+        assert_no_leftovers(&id);
+    }
+    let good = dir.join("good.toml");
+    fs::write(&good, "[runtime]\noci_runtime = \"/usr/sbin/runc\"\n").expect("write config");
+    let id = unique_id("config");
+    let _guard = ContainerGuard::new(&id);
+    let good = good.display().to_string();
+    let out = run_rm(
+        &id,
+        &["--runtime-config-path", &good],
+        &["echo", "configured"],
+    )
+    .run();
+    assert_eq!(stdout(&out), "configured\n", "stderr: {}", stderr(&out));
+    assert_no_leftovers(&id);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -57,9 +57,16 @@ pub fn state_dir(namespace: &str) -> PathBuf {
 /// Builds the backend the configuration selects.
 pub async fn build(config: &crate::config::Config, namespace: &str) -> Result<Arc<dyn Sandbox>> {
     match config.runtime.sandbox_backend {
-        crate::config::SandboxBackend::Linux => Ok(Arc::new(
-            linux::LinuxSandbox::new(&config.runtime.oci_runtime, &state_dir(namespace)).await?,
-        )),
+        crate::config::SandboxBackend::Linux => {
+            let binary = config
+                .runtime
+                .oci_runtime_binary()
+                .map_err(|e| Error::Unsupported(e.to_string()))?;
+            let binary = binary.to_string_lossy();
+            Ok(Arc::new(
+                linux::LinuxSandbox::new(&binary, &state_dir(namespace)).await?,
+            ))
+        }
         crate::config::SandboxBackend::Vm => Err(Error::Unsupported(
             "[runtime] sandbox_backend = \"vm\": the VM backend is not available in this build \
              (accepted: \"linux\")"
