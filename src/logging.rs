@@ -25,7 +25,8 @@ pub fn init(debug: bool, fields: (&str, &str)) -> Logger {
         .add_default_keys()
         .set_flush(true)
         .build();
-    let drain = std::sync::Mutex::new(json.filter_level(level)).fuse();
+    // A log line that cannot be written (containerd restarting) must not take the shim down.
+    let drain = std::sync::Mutex::new(json.filter_level(level)).ignore_res();
     let logger = Logger::root(
         drain,
         o!("source" => "vessel", "namespace" => fields.0.to_string(), "id" => fields.1.to_string()),

@@ -184,9 +184,10 @@ impl Drop for LogDir {
     }
 }
 
-/// Reads everything a CRI streaming URL (exec or attach) sends on stdout, over the
-/// `channel.k8s.io` WebSocket protocol (first byte of each message: 1 stdout, 2 stderr).
-fn stream_stdout(url: &str, until: &str) -> String {
+/// Sends `input` as stdin to a CRI streaming URL (exec or attach) and reads what it sends on
+/// stdout until `until` shows up (or the stream ends), over the `channel.k8s.io` WebSocket
+/// protocol (first byte of each message: 0 stdin, 1 stdout, 2 stderr).
+fn stream_stdout(url: &str, input: &[u8], until: &str) -> String {
     use tungstenite::client::IntoClientRequest;
     let url = url.replacen("http://", "ws://", 1);
     let mut request = url.into_client_request().expect("streaming url");
@@ -198,6 +199,13 @@ fn stream_stdout(url: &str, until: &str) -> String {
     if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = socket.get_ref() {
         tcp.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("read timeout");
+    }
+    if !input.is_empty() {
+        let mut message = vec![0];
+        message.extend_from_slice(input);
+        socket
+            .send(tungstenite::Message::binary(message))
+            .expect("send stdin");
     }
     let mut stdout = String::new();
     while let Ok(message) = socket.read() {
@@ -340,10 +348,37 @@ async fn pod_lifecycle_with_two_containers() {
         .expect("Exec")
         .into_inner()
         .url;
-    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, ""))
+    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, b"", ""))
         .await
         .expect("exec stream");
     assert_eq!(out, "streamed-exec\n");
+    // A terminal exec with input, as `kubectl exec -it` makes (its console socket must fit a
+    // unix socket path despite 64-character CRI ids).
+    let url = cri
+        .runtime
+        .exec(ExecRequest {
+            container_id: ids[1].clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "read line; echo got-$line; tty".into(),
+            ],
+            tty: true,
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec with a terminal")
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, b"hello\n", "/dev/pts/"))
+        .await
+        .expect("tty exec stream");
+    assert!(
+        out.contains("got-hello") && out.contains("/dev/pts/"),
+        "input reached a terminal: {out:?}"
+    );
     let url = cri
         .runtime
         .attach(AttachRequest {
@@ -356,7 +391,7 @@ async fn pod_lifecycle_with_two_containers() {
         .expect("Attach")
         .into_inner()
         .url;
-    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, "tick"))
+    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, b"", "tick"))
         .await
         .expect("attach stream");
     assert!(

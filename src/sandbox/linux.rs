@@ -43,6 +43,15 @@ use super::{
 /// the runtime has told us its pid.
 const UNCLAIMED_EXITS: usize = 1024;
 
+/// How long such an exit is remembered.
+const UNCLAIMED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long the runtime may take to hand over a terminal after it succeeded.
+const CONSOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Numbers the console sockets of this shim.
+static CONSOLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The linux sandbox backend.
 pub struct LinuxSandbox {
     runc: Runc,
@@ -52,6 +61,7 @@ pub struct LinuxSandbox {
     events: Mutex<Option<UnboundedReceiver<Event>>>,
     processes: Mutex<HashMap<(String, String), u32>>,
     consoles: Mutex<HashMap<(String, String), File>>,
+    oom_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 /// Maps reaped pids to the processes they belong to.
@@ -62,9 +72,14 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// Records that `pid` is `(container, exec)`; emits its exit at once if it already died.
-    fn track(&mut self, pid: u32, container_id: &str, exec_id: &str) {
-        if let Some(index) = self.unclaimed.iter().position(|(p, _, _)| *p == pid) {
+    /// Records that `pid` is `(container, exec)`, launched at `since`; emits its exit at once
+    /// if it already died (an exit of the same pid from before `since` was another process).
+    fn track(&mut self, pid: u32, container_id: &str, exec_id: &str, since: SystemTime) {
+        if let Some(index) = self
+            .unclaimed
+            .iter()
+            .position(|(p, _, at)| *p == pid && *at >= since)
+        {
             let (_, status, at) = self.unclaimed.swap_remove(index);
             self.emit(pid, container_id.into(), exec_id.into(), status, at);
         } else {
@@ -79,6 +94,10 @@ impl Tracker {
         match self.processes.remove(&pid) {
             Some((container_id, exec_id)) => self.emit(pid, container_id, exec_id, status, at),
             None => {
+                let horizon = at
+                    .checked_sub(UNCLAIMED_FOR)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                self.unclaimed.retain(|(_, _, seen)| *seen >= horizon);
                 if self.unclaimed.len() >= UNCLAIMED_EXITS {
                     self.unclaimed.remove(0);
                 }
@@ -122,19 +141,18 @@ impl LinuxSandbox {
             events: Mutex::new(Some(receiver)),
             processes: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashMap::new()),
+            oom_watchers: Mutex::new(HashMap::new()),
         })
     }
 
     /// Prepares the streams of a process about to be created: pipes, or a console socket.
-    fn prepare_io(
-        &self,
-        stdio: StdioWanted,
-        socket_name: &str,
-        uid: u32,
-        gid: u32,
-    ) -> Result<PreparedIo> {
+    fn prepare_io(&self, stdio: StdioWanted, uid: u32, gid: u32) -> Result<PreparedIo> {
         if stdio.terminal {
-            let path = self.state.join(format!("{socket_name}.console.sock"));
+            // Short: CRI ids are 64 characters, a unix socket path at most 107 bytes.
+            let serial = CONSOLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = self
+                .state
+                .join(format!("pty-{}-{serial}.sock", std::process::id()));
             let socket = ConsoleSocket::bind(&path).map_err(|source| Error::Io {
                 context: format!("console socket {}", path.display()),
                 source,
@@ -181,7 +199,15 @@ impl LinuxSandbox {
                 // The runtime hands the terminal over before it returns, so once it succeeded
                 // the connection is already queued; if it failed, nothing will ever connect.
                 let master = tokio::select! {
-                    ran = &mut launch => { ran?; receive.await }
+                    ran = &mut launch => {
+                        ran?;
+                        tokio::time::timeout(CONSOLE_WAIT, receive)
+                            .await
+                            .unwrap_or_else(|_| Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the runtime did not hand over the terminal",
+                            )))
+                    }
                     master = &mut receive => { let master = master; launch.await?; master }
                 }
                 .map_err(|source| Error::Io {
@@ -215,35 +241,39 @@ impl LinuxSandbox {
         self.processes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers the pid of a process the runtime started and watches for its exit.
-    fn track(&self, pid: u32, container_id: &str, exec_id: &str) {
+    /// Remembers the pid of a process the runtime started at `since` and watches for its exit.
+    fn track(&self, pid: u32, container_id: &str, exec_id: &str, since: SystemTime) {
         self.lock_processes()
             .insert((container_id.to_string(), exec_id.to_string()), pid);
-        self.tracked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .track(pid, container_id, exec_id);
+        self.lock_tracker().track(pid, container_id, exec_id, since);
+    }
+
+    fn lock_tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reports the container's OOM kills until its cgroup is removed.
     fn watch_oom(&self, pid: u32, container_id: &str) {
-        let sender = self
-            .tracked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sender
-            .clone();
-        let container_id = container_id.to_string();
-        tokio::spawn(async move {
+        let sender = self.lock_tracker().sender.clone();
+        let id = container_id.to_string();
+        let watcher = tokio::spawn(async move {
             let report = || {
                 let _ = sender.send(Event::Oom {
-                    container_id: container_id.clone(),
+                    container_id: id.clone(),
                 });
             };
             if let Err(e) = oom::watch(pid, report).await {
-                log::debug!("no OOM events for {container_id}: {e}");
+                log::debug!("no OOM events for {id}: {e}");
             }
         });
+        self.lock_oom_watchers()
+            .insert(container_id.to_string(), watcher.abort_handle());
+    }
+
+    fn lock_oom_watchers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::AbortHandle>> {
+        self.oom_watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pid_of(&self, id: &str, exec_id: &str) -> Result<u32> {
@@ -467,7 +497,7 @@ impl Sandbox for LinuxSandbox {
             .as_ref()
             .map(|p| (p.user().uid(), p.user().gid()))
             .unwrap_or((0, 0));
-        let prepared = self.prepare_io(req.stdio, &req.id, uid, gid)?;
+        let prepared = self.prepare_io(req.stdio, uid, gid)?;
         // `delete` after a shim crash must know which runtime to ask.
         let runtime_file = req.bundle.join(crate::shim::RUNTIME_FILE);
         std::fs::write(&runtime_file, self.binary.as_bytes()).map_err(|source| Error::Io {
@@ -491,13 +521,26 @@ impl Sandbox for LinuxSandbox {
                 .map_err(|e| logged_error(runtime_error("create", &req.id, e), &log))
         };
         let key = (req.id.clone(), String::new());
-        let io = self
-            .launch_with_io(prepared, req.stdio, key, launch)
-            .await?;
-        let pid = read_pid_file(&pid_file).await?;
-        self.track(pid, &req.id, "");
-        self.watch_oom(pid, &req.id);
-        Ok(Started { pid, io })
+        let since = SystemTime::now();
+        let launched = self.launch_with_io(prepared, req.stdio, key, launch).await;
+        let started = match launched {
+            Ok(io) => read_pid_file(&pid_file)
+                .await
+                .map(|pid| Started { pid, io }),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(started) => {
+                self.track(started.pid, &req.id, "", since);
+                self.watch_oom(started.pid, &req.id);
+                Ok(started)
+            }
+            Err(e) => {
+                // The runtime may have created the container before the step that failed.
+                let _ = self.delete(&req.id).await;
+                Err(e)
+            }
+        }
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -517,7 +560,7 @@ impl Sandbox for LinuxSandbox {
     ) -> Result<Started> {
         let name = format!("{id}.{exec_id}");
         let pid_file = self.state.join(format!("{name}.pid"));
-        let prepared = self.prepare_io(stdio, &name, spec.user().uid(), spec.user().gid())?;
+        let prepared = self.prepare_io(stdio, spec.user().uid(), spec.user().gid())?;
         let mut opts = ExecOpts::new().pid_file(&pid_file).detach(true);
         if let Some(pipes) = prepared.pipes() {
             opts = opts.io(pipes);
@@ -532,11 +575,12 @@ impl Sandbox for LinuxSandbox {
             ran.map_err(|e| logged_error(runtime_error("exec", id, e), &log))
         };
         let key = (id.to_string(), exec_id.to_string());
+        let since = SystemTime::now();
         let io = self.launch_with_io(prepared, stdio, key, launch).await;
         let _ = std::fs::remove_file(&log);
         let io = io?;
         let pid = read_pid_file(&pid_file).await?;
-        self.track(pid, id, exec_id);
+        self.track(pid, id, exec_id, since);
         Ok(Started { pid, io })
     }
 
@@ -547,9 +591,20 @@ impl Sandbox for LinuxSandbox {
                 .runc
                 .kill(id, signal, Some(&opts))
                 .await
-                .map_err(|e| runtime_error("kill", id, e));
+                .map_err(|e| match runtime_error("kill", id, e) {
+                    error if error.to_string().contains("not running") => {
+                        Error::NotFound(format!("process of {id}: already finished"))
+                    }
+                    error => error,
+                });
         }
         let pid = self.pid_of(id, exec_id)?;
+        // A reaped pid may already belong to another process.
+        if !self.lock_tracker().processes.contains_key(&pid) {
+            return Err(Error::NotFound(format!(
+                "exec {exec_id} of {id}: already finished"
+            )));
+        }
         let signal = nix::sys::signal::Signal::try_from(signal as i32).map_err(|e| Error::Io {
             context: format!("signal {signal}"),
             source: e.into(),
@@ -565,6 +620,9 @@ impl Sandbox for LinuxSandbox {
     async fn delete(&self, id: &str) -> Result<()> {
         let opts = DeleteOpts::new().force(true);
         let result = self.runc.delete(id, Some(&opts)).await;
+        if let Some(watcher) = self.lock_oom_watchers().remove(id) {
+            watcher.abort();
+        }
         self.lock_processes().retain(|(c, _), _| c != id);
         self.lock_consoles().retain(|(c, _), _| c != id);
         match result {

@@ -69,11 +69,17 @@ impl Container {
 struct Shared {
     namespace: String,
     containers: Mutex<HashMap<String, Container>>,
+    /// Ids of containers whose Create is under way.
+    creating: std::sync::Mutex<std::collections::HashSet<String>>,
     publisher: RemotePublisher,
     logger: Logger,
 }
 
 impl Shared {
+    fn lock_creating(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let ctx = containerd_shim::Context::default();
         if let Err(e) = self
@@ -83,6 +89,35 @@ impl Shared {
         {
             error!(self.logger, "publish event"; "topic" => topic, "error" => %e);
         }
+    }
+}
+
+/// A container id reserved for the Create under way, released when it ends.
+struct Creating<'a> {
+    state: &'a Shared,
+    id: String,
+}
+
+impl<'a> Creating<'a> {
+    /// Reserves `id`, unless a container of that id exists or is being created.
+    async fn claim(state: &'a Shared, id: &str) -> ttrpc::Result<Creating<'a>> {
+        let containers = state.containers.lock().await;
+        if containers.contains_key(id) || !state.lock_creating().insert(id.to_string()) {
+            return Err(status_error(
+                Code::ALREADY_EXISTS,
+                format!("container {id} already exists"),
+            ));
+        }
+        Ok(Creating {
+            state,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.state.lock_creating().remove(&self.id);
     }
 }
 
@@ -106,6 +141,7 @@ impl TaskService {
             state: Arc::new(Shared {
                 namespace: namespace.to_string(),
                 containers: Mutex::new(HashMap::new()),
+                creating: Default::default(),
                 publisher,
                 logger,
             }),
@@ -283,12 +319,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::CreateTaskResponse> {
         let logger = &self.state.logger;
         info!(logger, "create"; "container" => &req.id, "bundle" => &req.bundle);
-        if self.state.containers.lock().await.contains_key(&req.id) {
-            return Err(status_error(
-                Code::ALREADY_EXISTS,
-                format!("container {} already exists", req.id),
-            ));
-        }
+        let _creating = Creating::claim(&self.state, &req.id).await?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = bundle::load_spec(&bundle).map_err(invalid_argument)?;
         let (config, runtime) = self.config_for(&req).await?;
@@ -398,6 +429,7 @@ impl Task for TaskService {
                     }),
                 )
                 .await;
+            release_free_memory();
             return Ok(api::StartResponse {
                 pid,
                 ..Default::default()
@@ -796,7 +828,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> ttrpc::Result<Empty> {
-        if !self.state.containers.lock().await.is_empty() {
+        if !self.state.containers.lock().await.is_empty() || !self.state.lock_creating().is_empty()
+        {
             return Ok(Empty::new());
         }
         if let Some(sandbox) = self.sandbox.get() {
@@ -865,6 +898,15 @@ impl TaskService {
                 .await;
         }
         Ok(Empty::new())
+    }
+}
+
+/// Hands the heap the shim no longer uses back to the kernel: a container's start leaves
+/// the parsed bundle and the runtime's output behind, and an idle shim should not keep them.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
