@@ -99,19 +99,10 @@ pub fn sandbox_id(spec: &Spec) -> Result<String, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
 
-    fn spec(pairs: &[(&str, &str)]) -> Spec {
-        let mut spec = Spec::default();
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        spec.set_annotations(Some(map));
-        spec
-    }
+    use crate::oci::spec_with_annotations as spec;
 
     #[test]
     fn no_key_is_a_standalone_sandbox() {

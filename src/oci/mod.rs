@@ -37,3 +37,15 @@ pub use state::State;
 
 #[cfg(test)]
 mod tests;
+
+/// A default spec carrying `pairs` as its annotations (for tests).
+#[cfg(test)]
+pub(crate) fn spec_with_annotations(pairs: &[(&str, &str)]) -> oci_spec::runtime::Spec {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_annotations(Some(map));
+    spec
+}

@@ -1,10 +1,9 @@
 //! Every annotation key: valid values, each kind of invalid value, boundaries, and the policy.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use glob::Pattern;
-use oci_spec::runtime::Spec;
 
 use super::*;
 use crate::oci::{
@@ -46,15 +45,7 @@ fn permissive() -> RuntimeConfig {
     runtime
 }
 
-fn spec_with(pairs: &[(&str, &str)]) -> Spec {
-    let mut spec = Spec::default();
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    spec.set_annotations(Some(map));
-    spec
-}
+use crate::oci::spec_with_annotations as spec_with;
 
 fn convert(runtime: &RuntimeConfig, pairs: &[(&str, &str)]) -> Result<SandboxConfig, String> {
     sandbox_config(&spec_with(pairs), runtime, Path::new("/bundle"), "sb")
