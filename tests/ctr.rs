@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -695,4 +696,48 @@ fn runtime_config_path_is_honoured() {
     assert_eq!(stdout(&out), "configured\n", "stderr: {}", stderr(&out));
     assert_no_leftovers(&id);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// A shim that dies is cleaned up after: containerd runs the shim's `delete`, which kills the
+/// container and removes its runtime state and mounts.
+#[test]
+fn dead_shim_is_cleaned_up() {
+    let id = unique_id("dead");
+    let _guard = ContainerGuard::new(&id);
+    let out = Ctr::new(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        &id,
+        "sleep",
+        "1000",
+    ])
+    .run();
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let pid = wait_status(&id, "RUNNING");
+    let shims = shims_of(&id);
+    assert_eq!(shims.len(), 1, "one shim for {id}: {shims:?}");
+    kill_9(shims[0]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || !Path::new(&format!("/proc/{pid}"))
+            .exists()),
+        "the container process {pid} outlived its shim"
+    );
+    assert!(
+        wait_until(CLEANUP_GRACE, || task_status(&id).is_none()),
+        "task {id} still listed"
+    );
+    ctr_ok(&["containers", "rm", &id]);
+    assert_no_leftovers(&id);
+}
+
+/// SIGKILLs `pid`.
+fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 {pid}");
 }

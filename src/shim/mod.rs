@@ -162,6 +162,7 @@ async fn delete(flags: &Flags) -> Result<(), String> {
     let leftover = sandbox::linux::force_delete(&binary, &state, &flags.id).await;
     bundle::unmount_rootfs(&bundle);
     stop_own_daemon(&bundle, flags);
+    remove_dead_socket(&bundle).await;
     let response = containerd_shim::DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,
@@ -197,6 +198,18 @@ fn stop_own_daemon(bundle: &Path, flags: &Flags) {
     if exe.as_deref() == std::env::current_exe().ok().as_deref() && pid != std::process::id() as i32
     {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Removes the socket of the shim that served this bundle, unless a shim still answers
+/// there (a pod's shim outlives a container whose own cleanup this is).
+async fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let address = address.trim();
+    if !address.is_empty() && !answers(address).await {
+        let _ = std::fs::remove_file(socket_path(address));
     }
 }
 
