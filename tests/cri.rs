@@ -273,6 +273,19 @@ async fn pod_lifecycle_with_two_containers() {
         sandbox["sandbox"]["hypervisor_config"]["memory_size"], 512,
         "{sandbox}"
     );
+    // App containers share the pod's network, IPC and UTS namespaces (not its mount one).
+    let sandbox_pid = container_pid(&pod);
+    for id in &ids {
+        let pid = container_pid(id);
+        for ns in ["net", "ipc", "uts"] {
+            assert_eq!(
+                namespace_of(pid, ns),
+                namespace_of(sandbox_pid, ns),
+                "{ns} namespace of {id}"
+            );
+        }
+        assert_ne!(namespace_of(pid, "mnt"), namespace_of(sandbox_pid, "mnt"));
+    }
     let member = convert(&ids[0]);
     assert_eq!(member["kind"], "container", "{member}");
     assert_eq!(member["sandbox_id"], pod.as_str(), "{member}");
@@ -494,6 +507,12 @@ fn convert(id: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("convert prints JSON")
 }
 
+/// The namespace `kind` (net, ipc, ...) of process `pid`.
+fn namespace_of(pid: u32, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap_or_else(|e| panic!("{kind} namespace of {pid}: {e}"))
+}
+
 /// The host pid of a CRI container, from the pod's shim via `ctr` in the k8s.io namespace.
 fn container_pid(id: &str) -> u32 {
     let out = common::Ctr::new(&["task", "ls"])
@@ -563,9 +582,8 @@ async fn host_network_pod_shares_the_host_network() {
         .start_container(&pod, &config, "hostnet", "sleep 1000")
         .await;
     let pid = container_pid(&id);
-    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("container netns");
-    let ours = std::fs::read_link("/proc/self/ns/net").expect("host netns");
-    assert_eq!(theirs, ours);
+    let ours = namespace_of(std::process::id(), "net");
+    assert_eq!(namespace_of(pid, "net"), ours);
     cri.remove_pod(&pod, 1).await;
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
 }
