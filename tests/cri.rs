@@ -167,6 +167,31 @@ fn pod_shims(pod: &str) -> usize {
         .count()
 }
 
+/// Stops and removes a pod on drop, so that a failing test leaves no pod behind.
+struct PodGuard(String);
+
+impl Drop for PodGuard {
+    fn drop(&mut self) {
+        let pod = self.0.clone();
+        // Drop cannot await: a runtime of its own on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime for cleanup");
+            runtime.block_on(async {
+                let mut cri = Cri::connect().await;
+                let stop = StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                };
+                let _ = cri.runtime.stop_pod_sandbox(stop).await;
+                let remove = RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                };
+                let _ = cri.runtime.remove_pod_sandbox(remove).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// A temporary directory for a pod's logs, removed on drop.
 struct LogDir(PathBuf);
 
@@ -255,6 +280,7 @@ async fn pod_lifecycle_with_two_containers() {
         .run_pod(&config)
         .await
         .expect("RunPodSandbox through vessel");
+    let _pod_guard = PodGuard(pod.clone());
     assert_eq!(pod_shims(&pod), 1, "one shim for the pod sandbox");
 
     let mut ids = Vec::new();
@@ -578,6 +604,7 @@ async fn host_network_pod_shares_the_host_network() {
     // A host-network pod has the host's UTS namespace: kubelet sends no hostname.
     config.hostname.clear();
     let pod = cri.run_pod(&config).await.expect("RunPodSandbox");
+    let _pod_guard = PodGuard(pod.clone());
     let id = cri
         .start_container(&pod, &config, "hostnet", "sleep 1000")
         .await;
