@@ -215,6 +215,11 @@ async fn remove_dead_socket(bundle: &Path) {
 
 /// The daemon: serves the Task API until the last container is gone.
 async fn serve(flags: &Flags) -> Result<(), String> {
+    // One malloc arena: the shim's few threads do not need their own, and each costs memory.
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let logger = logging::init(flags.debug, (&flags.namespace, &flags.id));
     if flags.socket.is_empty() {
         return Err("-socket is required to serve".into());
