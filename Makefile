@@ -52,11 +52,7 @@ build:
 
 install: build
 	install -D -m 0755 $(RELEASE_DIR)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
-	if [ -f $(REPO)/config/configuration.toml ]; then \
-		install -D -m 0644 $(REPO)/config/configuration.toml $(DESTDIR)/etc/vessel/configuration.toml; \
-	else \
-		echo "install: config/configuration.toml not found, skipped"; \
-	fi
+	install -D -m 0644 $(REPO)/config/configuration.toml $(DESTDIR)/etc/vessel/configuration.toml
 
 images:
 	$(REPO)/scripts/build-images.sh $(IMAGES_DIR)
