@@ -38,11 +38,16 @@ use crate::{
 /// Version reported by Connect.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Serializes the operations that change a container's processes (Create, Start, Delete)
+/// with the handling of their exits, without stalling the pod's other containers.
+type OpLock = Arc<Mutex<()>>;
+
 /// A container the shim serves.
 struct Container {
     bundle: PathBuf,
     init: Process,
     execs: HashMap<String, Process>,
+    op: OpLock,
 }
 
 impl Container {
@@ -69,15 +74,24 @@ impl Container {
 struct Shared {
     namespace: String,
     containers: Mutex<HashMap<String, Container>>,
-    /// Ids of containers whose Create is under way.
-    creating: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Containers whose Create is under way, with the lock their Create holds.
+    creating: std::sync::Mutex<HashMap<String, OpLock>>,
     publisher: RemotePublisher,
     logger: Logger,
 }
 
 impl Shared {
-    fn lock_creating(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    fn lock_creating(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpLock>> {
         self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The operation lock of container `id`, also while it is being created.
+    async fn op_lock(&self, id: &str) -> Option<OpLock> {
+        let containers = self.containers.lock().await;
+        containers
+            .get(id)
+            .map(|c| c.op.clone())
+            .or_else(|| self.lock_creating().get(id).cloned())
     }
 
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -96,21 +110,33 @@ impl Shared {
 struct Creating<'a> {
     state: &'a Shared,
     id: String,
+    op: OpLock,
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl<'a> Creating<'a> {
-    /// Reserves `id`, unless a container of that id exists or is being created.
+    /// Reserves `id`, unless a container of that id exists or is being created, and holds
+    /// its operation lock until the Create ends.
     async fn claim(state: &'a Shared, id: &str) -> ttrpc::Result<Creating<'a>> {
         let containers = state.containers.lock().await;
-        if containers.contains_key(id) || !state.lock_creating().insert(id.to_string()) {
+        let mut creating = state.lock_creating();
+        if containers.contains_key(id) || creating.contains_key(id) {
             return Err(status_error(
                 Code::ALREADY_EXISTS,
                 format!("container {id} already exists"),
             ));
         }
+        let op = OpLock::default();
+        let held = op
+            .clone()
+            .try_lock_owned()
+            .map_err(|e| status_error(Code::INTERNAL, e.to_string()))?;
+        creating.insert(id.to_string(), op.clone());
         Ok(Creating {
             state,
             id: id.to_string(),
+            op,
+            _held: held,
         })
     }
 }
@@ -229,6 +255,11 @@ async fn handle_events(
 }
 
 async fn apply_exit(state: &Shared, exit: Exit) {
+    // A Create or Start still under way publishes its event before this exit's.
+    let Some(op) = state.op_lock(&exit.container_id).await else {
+        return;
+    };
+    drop(op.lock().await);
     let (io, outputs) = {
         let mut containers = state.containers.lock().await;
         let Some(container) = containers.get_mut(&exit.container_id) else {
@@ -319,7 +350,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::CreateTaskResponse> {
         let logger = &self.state.logger;
         info!(logger, "create"; "container" => &req.id, "bundle" => &req.bundle);
-        let _creating = Creating::claim(&self.state, &req.id).await?;
+        let creating = Creating::claim(&self.state, &req.id).await?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = bundle::load_spec(&bundle).map_err(invalid_argument)?;
         let (config, runtime) = self.config_for(&req).await?;
@@ -341,7 +372,6 @@ impl Task for TaskService {
             spec,
             stdio: wanted(&stdio),
         };
-        let mut containers = self.state.containers.lock().await;
         let started = match sandbox.create(&request).await {
             Ok(started) => started,
             Err(e) => {
@@ -361,12 +391,13 @@ impl Task for TaskService {
             }
         }
         let pid = init.pid;
-        containers.insert(
+        self.state.containers.lock().await.insert(
             req.id.clone(),
             Container {
                 bundle,
                 init,
                 execs: HashMap::new(),
+                op: creating.op.clone(),
             },
         );
         self.state
@@ -402,23 +433,82 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::StartResponse> {
         debug!(self.state.logger, "start"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
-        let mut containers = self.state.containers.lock().await;
-        let container = containers
-            .get_mut(&req.id)
+        let op = self
+            .state
+            .op_lock(&req.id)
+            .await
             .ok_or_else(|| container_not_found(&req.id))?;
-        let process = container.process_mut(&req.exec_id)?;
-        if process.status != State::Ready {
-            return Err(precondition(format!(
-                "cannot start {} {}: it is {}, not created",
-                req.id,
-                req.exec_id,
-                process.status.oci_state()
-            )));
-        }
-        if req.exec_id.is_empty() {
-            sandbox.start(&req.id).await.map_err(backend_error)?;
+        // Held until the start event is out, so that no exit of this process overtakes it.
+        let _op = op.lock().await;
+        let (spec, stdio, io) = {
+            let containers = self.state.containers.lock().await;
+            let container = containers
+                .get(&req.id)
+                .ok_or_else(|| container_not_found(&req.id))?;
+            let process = container.process(&req.exec_id)?;
+            if process.status != State::Ready {
+                return Err(precondition(format!(
+                    "cannot start {} {}: it is {}, not created",
+                    req.id,
+                    req.exec_id,
+                    process.status.oci_state()
+                )));
+            }
+            (
+                process.spec.clone(),
+                process.stdio.clone(),
+                process.io.clone(),
+            )
+        };
+        let (pid, outputs) = match (req.exec_id.is_empty(), spec) {
+            (true, _) => {
+                sandbox.start(&req.id).await.map_err(backend_error)?;
+                (None, Vec::new())
+            }
+            (false, None) => {
+                return Err(precondition(format!(
+                    "exec {} has no process spec",
+                    req.exec_id
+                )))
+            }
+            (false, Some(spec)) => {
+                let started = sandbox
+                    .exec(&req.id, &req.exec_id, &spec, wanted(&stdio))
+                    .await
+                    .map_err(backend_error)?;
+                let outputs = match super::io::connect(
+                    &io,
+                    started.io,
+                    &stdio.stdin,
+                    &stdio.stdout,
+                    &stdio.stderr,
+                )
+                .await
+                {
+                    Ok(outputs) => outputs,
+                    Err(e) => {
+                        let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
+                        return Err(invalid_argument(e.to_string()));
+                    }
+                };
+                (Some(started.pid), outputs)
+            }
+        };
+        let pid = {
+            let mut containers = self.state.containers.lock().await;
+            let container = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| container_not_found(&req.id))?;
+            let process = container.process_mut(&req.exec_id)?;
             process.status = State::Running;
-            let pid = process.pid;
+            if let Some(pid) = pid {
+                process.pid = pid;
+                process.outputs = outputs;
+            }
+            process.pid
+        };
+        if req.exec_id.is_empty() {
+            release_free_memory();
             self.state
                 .publish(
                     topics::TASK_START_EVENT_TOPIC,
@@ -429,50 +519,19 @@ impl Task for TaskService {
                     }),
                 )
                 .await;
-            release_free_memory();
-            return Ok(api::StartResponse {
-                pid,
-                ..Default::default()
-            });
+        } else {
+            self.state
+                .publish(
+                    topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                    Box::new(TaskExecStarted {
+                        container_id: req.id.clone(),
+                        exec_id: req.exec_id.clone(),
+                        pid,
+                        ..Default::default()
+                    }),
+                )
+                .await;
         }
-        let spec = process
-            .spec
-            .clone()
-            .ok_or_else(|| precondition(format!("exec {} has no process spec", req.exec_id)))?;
-        let started = sandbox
-            .exec(&req.id, &req.exec_id, &spec, wanted(&process.stdio))
-            .await
-            .map_err(backend_error)?;
-        process.pid = started.pid;
-        process.status = State::Running;
-        let stdio = process.stdio.clone();
-        match super::io::connect(
-            &process.io,
-            started.io,
-            &stdio.stdin,
-            &stdio.stdout,
-            &stdio.stderr,
-        )
-        .await
-        {
-            Ok(outputs) => process.outputs = outputs,
-            Err(e) => {
-                let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
-                return Err(invalid_argument(e.to_string()));
-            }
-        }
-        let pid = process.pid;
-        self.state
-            .publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            )
-            .await;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -517,6 +576,12 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::DeleteResponse> {
         info!(self.state.logger, "delete"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
+        let op = self
+            .state
+            .op_lock(&req.id)
+            .await
+            .ok_or_else(|| container_not_found(&req.id))?;
+        let _op = op.lock().await;
         let mut containers = self.state.containers.lock().await;
         let container = containers
             .get_mut(&req.id)
