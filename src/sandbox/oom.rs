@@ -122,3 +122,61 @@ fn oom_kills(file: &Path) -> Option<u64> {
         .find_map(|line| line.strip_prefix("oom_kill "))
         .and_then(|n| n.trim().parse().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+        time::Duration,
+    };
+
+    use super::*;
+
+    fn write_events(dir: &Path, kills: u64) {
+        std::fs::write(
+            dir.join("memory.events"),
+            format!("low 0\nhigh 0\nmax 3\noom 2\noom_kill {kills}\n"),
+        )
+        .unwrap();
+    }
+
+    /// cgroup v2: each growth of `oom_kill` is one report; other changes are not; the watch
+    /// ends when the cgroup's file goes away.
+    #[tokio::test]
+    async fn v2_reports_growing_oom_kill_counts_until_the_cgroup_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        write_events(dir.path(), 0);
+        let reports = Arc::new(AtomicUsize::new(0));
+        let counted = reports.clone();
+        let path = dir.path().to_path_buf();
+        let watch = tokio::spawn(async move {
+            watch_v2(&path, &mut || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            })
+            .await
+        });
+        let settle = || tokio::time::sleep(Duration::from_millis(100));
+        settle().await;
+        write_events(dir.path(), 1);
+        settle().await;
+        write_events(dir.path(), 1);
+        settle().await;
+        write_events(dir.path(), 3);
+        settle().await;
+        assert_eq!(reports.load(Ordering::SeqCst), 2);
+        std::fs::remove_file(dir.path().join("memory.events")).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), watch).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "the watch ends: {ended:?}");
+    }
+
+    #[test]
+    fn oom_kill_counter_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_events(dir.path(), 7);
+        assert_eq!(oom_kills(&dir.path().join("memory.events")), Some(7));
+        assert_eq!(oom_kills(&dir.path().join("missing")), None);
+    }
+}
