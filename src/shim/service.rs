@@ -598,6 +598,7 @@ impl Task for TaskService {
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| not_found(format!("exec {} not found", req.exec_id)))?;
+            drop(containers);
             process.io.abort().await;
             sandbox.delete_exec(&req.id, &req.exec_id).await;
             let exit = process.exit();
@@ -614,17 +615,22 @@ impl Task for TaskService {
                 req.id
             )));
         }
+        // The runtime call runs without the containers lock; the operation lock keeps
+        // every other change to this container out meanwhile.
+        drop(containers);
         sandbox.delete(&req.id).await.map_err(backend_error)?;
-        let Some(container) = containers.remove(&req.id) else {
-            return Err(container_not_found(&req.id));
+        let (container, remaining) = {
+            let mut containers = self.state.containers.lock().await;
+            let container = containers
+                .remove(&req.id)
+                .ok_or_else(|| container_not_found(&req.id))?;
+            (container, containers.len())
         };
         for process in container.execs.values() {
             process.io.abort().await;
         }
         container.init.io.abort().await;
         bundle::unmount_rootfs(&container.bundle);
-        let remaining = containers.len();
-        drop(containers);
         let exit = container.init.exit().unwrap_or(ExitInfo {
             status: 0,
             at: std::time::SystemTime::now(),
@@ -918,19 +924,26 @@ impl TaskService {
 
     async fn set_paused(&self, id: &str, pause: bool) -> ttrpc::Result<Empty> {
         let sandbox = self.sandbox()?;
-        let mut containers = self.state.containers.lock().await;
-        let container = containers
-            .get_mut(id)
+        let op = self
+            .state
+            .op_lock(id)
+            .await
             .ok_or_else(|| container_not_found(id))?;
+        let _op = op.lock().await;
         let (from, to) = if pause {
             (State::Running, State::Paused)
         } else {
             (State::Paused, State::Running)
         };
-        if container.init.status != from {
+        let status = {
+            let containers = self.state.containers.lock().await;
+            let container = containers.get(id).ok_or_else(|| container_not_found(id))?;
+            container.init.status
+        };
+        if status != from {
             return Err(precondition(format!(
                 "container {id} is {}, not {}",
-                container.init.status.oci_state(),
+                status.oci_state(),
                 from.oci_state()
             )));
         }
@@ -939,8 +952,13 @@ impl TaskService {
         } else {
             sandbox.resume(id).await.map_err(backend_error)?;
         }
-        container.init.status = to;
-        drop(containers);
+        {
+            let mut containers = self.state.containers.lock().await;
+            let container = containers
+                .get_mut(id)
+                .ok_or_else(|| container_not_found(id))?;
+            container.init.status = to;
+        }
         if pause {
             self.state
                 .publish(
