@@ -85,6 +85,15 @@ impl Shared {
         self.creating.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits for, then holds, the operation lock of container `id`.
+    async fn hold_op(&self, id: &str) -> ttrpc::Result<tokio::sync::OwnedMutexGuard<()>> {
+        let op = self
+            .op_lock(id)
+            .await
+            .ok_or_else(|| container_not_found(id))?;
+        Ok(op.lock_owned().await)
+    }
+
     /// The operation lock of container `id`, also while it is being created.
     async fn op_lock(&self, id: &str) -> Option<OpLock> {
         let containers = self.containers.lock().await;
@@ -433,13 +442,8 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::StartResponse> {
         debug!(self.state.logger, "start"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
-        let op = self
-            .state
-            .op_lock(&req.id)
-            .await
-            .ok_or_else(|| container_not_found(&req.id))?;
         // Held until the start event is out, so that no exit of this process overtakes it.
-        let _op = op.lock().await;
+        let _op = self.state.hold_op(&req.id).await?;
         let (spec, stdio, io) = {
             let containers = self.state.containers.lock().await;
             let container = containers
@@ -576,12 +580,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::DeleteResponse> {
         info!(self.state.logger, "delete"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
-        let op = self
-            .state
-            .op_lock(&req.id)
-            .await
-            .ok_or_else(|| container_not_found(&req.id))?;
-        let _op = op.lock().await;
+        let _op = self.state.hold_op(&req.id).await?;
         let mut containers = self.state.containers.lock().await;
         let container = containers
             .get_mut(&req.id)
@@ -924,12 +923,7 @@ impl TaskService {
 
     async fn set_paused(&self, id: &str, pause: bool) -> ttrpc::Result<Empty> {
         let sandbox = self.sandbox()?;
-        let op = self
-            .state
-            .op_lock(id)
-            .await
-            .ok_or_else(|| container_not_found(id))?;
-        let _op = op.lock().await;
+        let _op = self.state.hold_op(id).await?;
         let (from, to) = if pause {
             (State::Running, State::Paused)
         } else {
