@@ -4,6 +4,8 @@
 #
 #   scripts/containerd.sh start  DIR   start (idempotent; cleans up a crashed DIR first)
 #   scripts/containerd.sh stop   DIR   stop, kill leftover shims/containers, unmount, rm DIR
+#   scripts/containerd.sh restart DIR  SIGTERM containerd alone and start it again with the
+#                                      same config; shims and containers keep running
 #   scripts/containerd.sh env    DIR   print shell exports for DIR
 #   scripts/containerd.sh status DIR   exit 0 when the containerd in DIR answers
 #
@@ -32,7 +34,7 @@ RAW_DIR=${2:-}
 die() { echo "containerd.sh: $*" >&2; exit 1; }
 log() { echo "containerd.sh: $*" >&2; }
 
-[ -n "$CMD" ] && [ -n "$RAW_DIR" ] || die "usage: $0 start|stop|env|status DIR"
+[ -n "$CMD" ] && [ -n "$RAW_DIR" ] || die "usage: $0 start|stop|restart|env|status DIR"
 
 # ---- DIR sanity -------------------------------------------------------------
 case "$RAW_DIR" in /*) DIR=$RAW_DIR ;; *) DIR=$PWD/$RAW_DIR ;; esac
@@ -256,7 +258,43 @@ kill_bridge() {
     return 0
 }
 
+# ---- restart ---------------------------------------------------------------
+# What a node upgrade does: containerd goes away (SIGTERM) and comes back with
+# the same config and state; its shims and their containers live on.
+restart() {
+    [ -f "$CONFIG" ] || die "no containerd was started in $DIR"
+    local pids
+    pids=$(containerd_pids)
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        kill_wait TERM 10 $pids || die "containerd ($pids) did not stop on SIGTERM"
+    fi
+    launch "$(sed -n 's/^# shim dir on PATH: //p' "$CONFIG")"
+    log "containerd restarted: pid $(cat "$PIDFILE")"
+}
+
 # ---- start -----------------------------------------------------------------
+# Runs containerd with DIR's config and waits until it answers.
+launch() { # SHIM_DIR
+    # setsid: keep containerd out of the caller's process group (Ctrl-C in
+    # make should go through the stop path, not kill containerd under it)
+    PATH="$1:$PATH" setsid containerd --config "$CONFIG" </dev/null >>"$LOGFILE" 2>&1 &
+    echo $! >"$PIDFILE"
+
+    local i
+    for ((i = 0; i < 300; i++)); do
+        answers && break
+        if [ -z "$(containerd_pids)" ] && [ $i -gt 5 ]; then
+            tail -n 30 "$LOGFILE" >&2 || true
+            die "containerd exited during startup (log: $LOGFILE)"
+        fi
+        sleep 0.1
+    done
+    answers || { tail -n 30 "$LOGFILE" >&2; die "containerd did not answer on $SOCK within 30s"; }
+    # setsid may have forked: record the real pid
+    containerd_pids | head -n1 >"$PIDFILE"
+}
+
 write_config() {
     local shim_dir=$1
     local apparmor=false
@@ -383,24 +421,7 @@ start() {
     mkdir -p "$DIR"
     chmod 0711 "$DIR"
     write_config "$shim_dir"
-
-    # setsid: keep containerd out of the caller's process group (Ctrl-C in
-    # make should go through the stop path, not kill containerd under it)
-    PATH="$shim_dir:$PATH" setsid containerd --config "$CONFIG" </dev/null >>"$LOGFILE" 2>&1 &
-    echo $! >"$PIDFILE"
-
-    local i
-    for ((i = 0; i < 300; i++)); do
-        answers && break
-        if [ -z "$(containerd_pids)" ] && [ $i -gt 5 ]; then
-            tail -n 30 "$LOGFILE" >&2 || true
-            die "containerd exited during startup (log: $LOGFILE)"
-        fi
-        sleep 0.1
-    done
-    answers || { tail -n 30 "$LOGFILE" >&2; die "containerd did not answer on $SOCK within 30s"; }
-    # setsid may have forked: record the real pid
-    containerd_pids | head -n1 >"$PIDFILE"
+    launch "$shim_dir"
 
     local ns f
     for ns in $NAMESPACES; do
@@ -432,7 +453,8 @@ EOF
 case "$CMD" in
     start) start ;;
     stop) stop ;;
+    restart) restart ;;
     env) print_env ;;
     status) answers ;;
-    *) die "unknown command $CMD (start|stop|env|status)" ;;
+    *) die "unknown command $CMD (start|stop|restart|env|status)" ;;
 esac

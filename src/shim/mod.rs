@@ -5,6 +5,7 @@
 //! serves the same service under both names.
 
 mod bundle;
+mod events;
 mod io;
 mod process;
 mod service;
@@ -18,7 +19,7 @@ use std::{
 };
 
 use containerd_shim::{
-    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher, ExitSignal},
+    asynchronous::{monitor::monitor_notify_by_pid, ExitSignal},
     Flags,
 };
 use containerd_shim_protos::{
@@ -238,9 +239,7 @@ async fn serve(flags: &Flags) -> Result<(), String> {
     tokio::spawn(reap_children(logger.clone()));
     let ttrpc_address =
         std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .await
-        .map_err(|e| format!("connect to containerd at {ttrpc_address}: {e}"))?;
+    let publisher = events::Publisher::start(&ttrpc_address, &flags.namespace, logger.clone());
     let exit = Arc::new(ExitSignal::default());
     let service: Arc<dyn Task + Send + Sync> = Arc::new(service::TaskService::new(
         &flags.namespace,

@@ -7,10 +7,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use containerd_shim::{
-    asynchronous::{publisher::RemotePublisher, ExitSignal},
-    util::convert_to_any,
-};
+use containerd_shim::{asynchronous::ExitSignal, util::convert_to_any};
 use containerd_shim_protos::{
     api,
     events::task::{
@@ -22,11 +19,12 @@ use containerd_shim_protos::{
     topics,
     ttrpc::{self, r#async::TtrpcContext, Code},
 };
-use slog::{debug, error, info, Logger};
+use slog::{debug, info, Logger};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{
     bundle,
+    events::Publisher,
     process::{ExitInfo, Process, StdioPaths},
 };
 use crate::{
@@ -76,7 +74,7 @@ struct Shared {
     containers: Mutex<HashMap<String, Container>>,
     /// Containers whose Create is under way, with the lock their Create holds.
     creating: std::sync::Mutex<HashMap<String, OpLock>>,
-    publisher: RemotePublisher,
+    publisher: Publisher,
     logger: Logger,
 }
 
@@ -103,15 +101,8 @@ impl Shared {
             .or_else(|| self.lock_creating().get(id).cloned())
     }
 
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let ctx = containerd_shim::Context::default();
-        if let Err(e) = self
-            .publisher
-            .publish(ctx, topic, &self.namespace, event)
-            .await
-        {
-            error!(self.logger, "publish event"; "topic" => topic, "error" => %e);
-        }
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        self.publisher.publish(topic, event);
     }
 }
 
@@ -168,7 +159,7 @@ impl TaskService {
     /// A service publishing through `publisher`, signalling `exit` when it should stop.
     pub fn new(
         namespace: &str,
-        publisher: RemotePublisher,
+        publisher: Publisher,
         exit: Arc<ExitSignal>,
         logger: Logger,
     ) -> Self {
@@ -249,15 +240,13 @@ async fn handle_events(
             }
             Event::Oom { container_id } => {
                 info!(state.logger, "out of memory"; "container" => &container_id);
-                state
-                    .publish(
-                        topics::TASK_OOM_EVENT_TOPIC,
-                        Box::new(TaskOOM {
-                            container_id,
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
+                state.publish(
+                    topics::TASK_OOM_EVENT_TOPIC,
+                    Box::new(TaskOOM {
+                        container_id,
+                        ..Default::default()
+                    }),
+                );
             }
         }
     }
@@ -303,23 +292,21 @@ async fn apply_exit(state: &Shared, exit: Exit) {
     info!(state.logger, "process exited";
         "container" => &exit.container_id, "exec" => &exit.exec_id,
         "pid" => exit.pid, "status" => exit.status);
-    state
-        .publish(
-            topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
-                container_id: exit.container_id.clone(),
-                id: if exit.exec_id.is_empty() {
-                    exit.container_id.clone()
-                } else {
-                    exit.exec_id.clone()
-                },
-                pid: exit.pid,
-                exit_status: exit.status,
-                exited_at: Some(info.timestamp()).into(),
-                ..Default::default()
-            }),
-        )
-        .await;
+    state.publish(
+        topics::TASK_EXIT_EVENT_TOPIC,
+        Box::new(TaskExit {
+            container_id: exit.container_id.clone(),
+            id: if exit.exec_id.is_empty() {
+                exit.container_id.clone()
+            } else {
+                exit.exec_id.clone()
+            },
+            pid: exit.pid,
+            exit_status: exit.status,
+            exited_at: Some(info.timestamp()).into(),
+            ..Default::default()
+        }),
+    );
 }
 
 fn status_error(code: Code, message: String) -> ttrpc::Error {
@@ -409,26 +396,24 @@ impl Task for TaskService {
                 op: creating.op.clone(),
             },
         );
-        self.state
-            .publish(
-                topics::TASK_CREATE_EVENT_TOPIC,
-                Box::new(TaskCreate {
-                    container_id: req.id.clone(),
-                    bundle: req.bundle.clone(),
-                    rootfs: req.rootfs.clone(),
-                    io: Some(TaskIO {
-                        stdin: req.stdin.clone(),
-                        stdout: req.stdout.clone(),
-                        stderr: req.stderr.clone(),
-                        terminal: req.terminal,
-                        ..Default::default()
-                    })
-                    .into(),
-                    pid,
+        self.state.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
                     ..Default::default()
-                }),
-            )
-            .await;
+                })
+                .into(),
+                pid,
+                ..Default::default()
+            }),
+        );
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -513,28 +498,24 @@ impl Task for TaskService {
         };
         if req.exec_id.is_empty() {
             release_free_memory();
-            self.state
-                .publish(
-                    topics::TASK_START_EVENT_TOPIC,
-                    Box::new(TaskStart {
-                        container_id: req.id.clone(),
-                        pid,
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            self.state.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
         } else {
-            self.state
-                .publish(
-                    topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                    Box::new(TaskExecStarted {
-                        container_id: req.id.clone(),
-                        exec_id: req.exec_id.clone(),
-                        pid,
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            self.state.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
         }
         Ok(api::StartResponse {
             pid,
@@ -634,18 +615,16 @@ impl Task for TaskService {
             status: 0,
             at: std::time::SystemTime::now(),
         });
-        self.state
-            .publish(
-                topics::TASK_DELETE_EVENT_TOPIC,
-                Box::new(TaskDelete {
-                    container_id: req.id.clone(),
-                    pid: container.init.pid,
-                    exit_status: exit.status,
-                    exited_at: Some(exit.timestamp()).into(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.state.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                pid: container.init.pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.timestamp()).into(),
+                ..Default::default()
+            }),
+        );
         if remaining == 0 {
             sandbox.shutdown().await;
         }
@@ -781,16 +760,14 @@ impl Task for TaskService {
             .execs
             .insert(req.exec_id.clone(), Process::new(stdio, Some(spec)));
         drop(containers);
-        self.state
-            .publish(
-                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-                Box::new(TaskExecAdded {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.state.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
         Ok(Empty::new())
     }
 
@@ -954,25 +931,21 @@ impl TaskService {
             container.init.status = to;
         }
         if pause {
-            self.state
-                .publish(
-                    topics::TASK_PAUSED_EVENT_TOPIC,
-                    Box::new(TaskPaused {
-                        container_id: id.to_string(),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            self.state.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }),
+            );
         } else {
-            self.state
-                .publish(
-                    topics::TASK_RESUMED_EVENT_TOPIC,
-                    Box::new(TaskResumed {
-                        container_id: id.to_string(),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            self.state.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }),
+            );
         }
         Ok(Empty::new())
     }
