@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use containerd_shim::{asynchronous::io::IoTasks, protos::api::Status};
+use containerd_shim::protos::api::Status;
 
 use crate::oci::State;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -68,10 +68,8 @@ pub struct Process {
     pub status: State,
     /// The streams requested.
     pub stdio: StdioPaths,
-    /// The copies between the process and containerd's fifos.
-    pub io: IoTasks,
-    /// The shim's watch on each output fifo, kept until the exit is published.
-    pub outputs: Vec<super::io::OutputFifo>,
+    /// The copies between the process and containerd's fifos, until its exit.
+    pub streams: super::io::Streams,
     /// The exec'd process's OCI spec (None for init).
     pub spec: Option<oci_spec::runtime::Process>,
     exit: watch::Sender<Option<ExitInfo>>,
@@ -84,8 +82,7 @@ impl Process {
             pid: 0,
             status: State::Ready,
             stdio,
-            io: IoTasks::default(),
-            outputs: Vec::new(),
+            streams: Default::default(),
             spec,
             exit: watch::channel(None).0,
         }

@@ -19,7 +19,7 @@ use containerd_shim_protos::{
     topics,
     ttrpc::{self, r#async::TtrpcContext, Code},
 };
-use slog::{debug, info, Logger};
+use slog::{debug, info, warn, Logger};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{
@@ -258,23 +258,25 @@ async fn apply_exit(state: &Shared, exit: Exit) {
         return;
     };
     drop(op.lock().await);
-    let (io, outputs) = {
+    let streams = {
         let mut containers = state.containers.lock().await;
         let Some(container) = containers.get_mut(&exit.container_id) else {
             return;
         };
         match container.process_mut(&exit.exec_id) {
-            Ok(process) => (process.io.clone(), std::mem::take(&mut process.outputs)),
+            Ok(process) => std::mem::take(&mut process.streams),
             Err(_) => return,
         }
     };
     // Every line the process wrote reaches containerd, and is read, before it hears of the
-    // exit.
-    io.shutdown().await;
-    for output in &outputs {
-        output.drained().await;
+    // exit; unless nobody reads it: then the exit does not wait for long.
+    let delivery = streams.finish().await;
+    if delivery.dropped > 0 {
+        warn!(state.logger, "output nobody read was dropped";
+            "container" => &exit.container_id, "exec" => &exit.exec_id,
+            "dropped_bytes" => delivery.dropped, "delivered_bytes" => delivery.delivered,
+            "stalled_ms" => super::io::STALL_LIMIT.as_millis() as u64);
     }
-    drop(outputs);
     let info = ExitInfo {
         status: exit.status,
         at: exit.at,
@@ -377,10 +379,9 @@ impl Task for TaskService {
         };
         let mut init = Process::new(stdio, None);
         init.pid = started.pid;
-        match super::io::connect(&init.io, started.io, &req.stdin, &req.stdout, &req.stderr).await {
-            Ok(outputs) => init.outputs = outputs,
+        match super::io::Streams::connect(started.io, &init.stdio).await {
+            Ok(streams) => init.streams = streams,
             Err(e) => {
-                init.io.abort().await;
                 let _ = sandbox.delete(&req.id).await;
                 bundle::unmount_rootfs(&bundle);
                 return Err(invalid_argument(e.to_string()));
@@ -429,7 +430,7 @@ impl Task for TaskService {
         let sandbox = self.sandbox()?;
         // Held until the start event is out, so that no exit of this process overtakes it.
         let _op = self.state.hold_op(&req.id).await?;
-        let (spec, stdio, io) = {
+        let (spec, stdio) = {
             let containers = self.state.containers.lock().await;
             let container = containers
                 .get(&req.id)
@@ -443,16 +444,12 @@ impl Task for TaskService {
                     process.status.oci_state()
                 )));
             }
-            (
-                process.spec.clone(),
-                process.stdio.clone(),
-                process.io.clone(),
-            )
+            (process.spec.clone(), process.stdio.clone())
         };
-        let (pid, outputs) = match (req.exec_id.is_empty(), spec) {
+        let (pid, streams) = match (req.exec_id.is_empty(), spec) {
             (true, _) => {
                 sandbox.start(&req.id).await.map_err(backend_error)?;
-                (None, Vec::new())
+                (None, Default::default())
             }
             (false, None) => {
                 return Err(precondition(format!(
@@ -465,22 +462,14 @@ impl Task for TaskService {
                     .exec(&req.id, &req.exec_id, &spec, wanted(&stdio))
                     .await
                     .map_err(backend_error)?;
-                let outputs = match super::io::connect(
-                    &io,
-                    started.io,
-                    &stdio.stdin,
-                    &stdio.stdout,
-                    &stdio.stderr,
-                )
-                .await
-                {
-                    Ok(outputs) => outputs,
+                let streams = match super::io::Streams::connect(started.io, &stdio).await {
+                    Ok(streams) => streams,
                     Err(e) => {
                         let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
                         return Err(invalid_argument(e.to_string()));
                     }
                 };
-                (Some(started.pid), outputs)
+                (Some(started.pid), streams)
             }
         };
         let pid = {
@@ -492,7 +481,7 @@ impl Task for TaskService {
             process.status = State::Running;
             if let Some(pid) = pid {
                 process.pid = pid;
-                process.outputs = outputs;
+                process.streams = streams;
             }
             process.pid
         };
@@ -574,12 +563,12 @@ impl Task for TaskService {
                     req.exec_id, req.id
                 )));
             }
-            let process = container
+            let mut process = container
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| not_found(format!("exec {} not found", req.exec_id)))?;
             drop(containers);
-            process.io.abort().await;
+            process.streams.abort().await;
             sandbox.delete_exec(&req.id, &req.exec_id).await;
             let exit = process.exit();
             return Ok(api::DeleteResponse {
@@ -606,10 +595,11 @@ impl Task for TaskService {
                 .ok_or_else(|| container_not_found(&req.id))?;
             (container, containers.len())
         };
-        for process in container.execs.values() {
-            process.io.abort().await;
+        let mut container = container;
+        for process in container.execs.values_mut() {
+            process.streams.abort().await;
         }
-        container.init.io.abort().await;
+        container.init.streams.abort().await;
         bundle::unmount_rootfs(&container.bundle);
         let exit = container.init.exit().unwrap_or(ExitInfo {
             status: 0,
@@ -795,7 +785,7 @@ impl Task for TaskService {
             .ok_or_else(|| container_not_found(&req.id))?;
         let process = container.process(&req.exec_id)?;
         if req.stdin {
-            process.io.close_input();
+            process.streams.close_input();
         }
         Ok(Empty::new())
     }
