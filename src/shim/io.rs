@@ -408,6 +408,37 @@ mod tests {
         );
     }
 
+    /// A terminal ends with EIO, not EOF: what the process wrote just before it exited must
+    /// still be copied (a copy that reads ahead of its writes loses that last chunk).
+    #[tokio::test]
+    async fn the_last_output_of_a_terminal_that_hung_up_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(&dir, "stdout");
+        let mut containerd = reader(&path);
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut slave = File::from(pty.slave);
+        std::io::Write::write_all(&mut slave, b"hello\n").unwrap();
+        // The process exits before the shim reads its terminal.
+        drop(slave);
+        let master = containerd_shim::asynchronous::io::Pty::new(File::from(pty.master)).unwrap();
+        let streams = Streams::connect(streams(Box::new(master)), &paths(&path))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            let mut buffer = [0u8; 64];
+            if let Ok(n) = containerd.read(&mut buffer) {
+                out.extend_from_slice(&buffer[..n]);
+            }
+            if out.ends_with(b"\r\n") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(out, b"hello\r\n");
+        assert_eq!(streams.finish().await.dropped, 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn output_nobody_reads_is_dropped_and_counted_within_the_stall_limit() {
         let dir = tempfile::tempdir().unwrap();
