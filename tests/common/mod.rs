@@ -8,8 +8,11 @@
 //! `registry.k8s.io/pause:3.6` are imported into the `default` and `k8s.io`
 //! namespaces; containerd finds `containerd-shim-vessel-v2` on its PATH.
 //!
-//! Std only, on purpose.
+//! `ctr` helpers are in [`ctr`], CRI client helpers in [`cri`].
 #![allow(dead_code)]
+
+pub mod cri;
+pub mod ctr;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -729,4 +732,21 @@ pub fn sha256_hex(data: &[u8]) -> String {
         }
     }
     h.iter().map(|x| format!("{x:08x}")).collect()
+}
+
+/// Restarts the private containerd as a node upgrade does (`scripts/containerd.sh restart`):
+/// SIGTERM, then the same config and state again; shims and containers keep running.
+pub fn restart_containerd() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containerd.sh");
+    let out = Command::new(script)
+        .arg("restart")
+        .arg(containerd_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/containerd.sh restart");
+    assert!(
+        out.status.success(),
+        "containerd restart failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
