@@ -26,7 +26,14 @@ SHIM := containerd-shim-vessel-v2
 # which keeps an idle shim's resident memory small. An explicit --target keeps the flag off
 # build scripts and proc-macros.
 TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
-RELEASE_DIR := $(REPO)/target/$(TARGET)/release
+# Wherever cargo puts its output (CARGO_TARGET_DIR, .cargo/config.toml's build.target-dir).
+TARGET_DIR := $(shell cd '$(REPO)' && $(CARGO) metadata --no-deps --format-version 1 2>/dev/null | \
+	sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+ifeq ($(TARGET_DIR),)
+TARGET_DIR := $(REPO)/target
+endif
+DEBUG_DIR := $(TARGET_DIR)/debug
+RELEASE_DIR := $(TARGET_DIR)/$(TARGET)/release
 RELEASE_BUILD = RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) --bin $(SHIM)
 BUILD_DIR := $(REPO)/build
 IMAGES_DIR ?= $(BUILD_DIR)/images
@@ -73,13 +80,13 @@ integration-test:
 	dir='$(TEST_CONTAINERD)'; \
 	trap '$(CONTAINERD_SH) stop "$$dir"' EXIT; \
 	trap 'exit 130' INT TERM; \
-	SHIM_DIR=$(REPO)/target/debug $(CONTAINERD_SH) start "$$dir"; \
+	SHIM_DIR=$(DEBUG_DIR) $(CONTAINERD_SH) start "$$dir"; \
 	VESSEL_TEST_CONTAINERD="$$dir" $(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS)
 
 # A private containerd for poking around by hand (debug shim):
 #   make containerd-start && eval "$$(scripts/containerd.sh env $(TEST_CONTAINERD))"
 containerd-start:
-	SHIM_DIR=$(REPO)/target/debug $(CONTAINERD_SH) start '$(TEST_CONTAINERD)'
+	SHIM_DIR=$(DEBUG_DIR) $(CONTAINERD_SH) start '$(TEST_CONTAINERD)'
 	$(CONTAINERD_SH) env '$(TEST_CONTAINERD)'
 
 containerd-stop:

@@ -15,7 +15,7 @@
 #
 # Environment:
 #   SHIM_DIR           dir holding containerd-shim-vessel-v2, prepended to
-#                      containerd's PATH (default: REPO/target/debug)
+#                      containerd's PATH (default: cargo's debug output dir)
 #   VESSEL_TEST_CONFIG if set, passed as the vessel runtime's ConfigPath option
 #                      (CRI) and exported to containerd (and so to the shims)
 #   IMAGES_DIR         where scripts/build-images.sh puts the test images
@@ -411,7 +411,7 @@ start() {
     command -v containerd >/dev/null || die "containerd not installed (make deps)"
     command -v ctr >/dev/null || die "ctr not installed (make deps)"
 
-    local shim_dir=${SHIM_DIR:-$REPO/target/debug}
+    local shim_dir=${SHIM_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/debug}
     case "$shim_dir" in /*) ;; *) shim_dir=$PWD/$shim_dir ;; esac
     [ -x "$shim_dir/containerd-shim-vessel-v2" ] ||
         log "warning: $shim_dir/containerd-shim-vessel-v2 does not exist (yet); the vessel runtime will fail"

@@ -53,7 +53,8 @@ fn run(bundle: &Path, config: Option<&Path>, id: Option<&str>) -> Result<Value, 
 
 fn read_spec(path: &Path) -> Result<Spec, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let bundle = path.parent().unwrap_or(path);
+    oci::parse_spec(&text).map_err(|e| format!("bundle {}: {e}", bundle.display()))
 }
 
 fn bundle_name(bundle: &Path) -> Result<String, String> {

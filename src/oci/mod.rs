@@ -3,6 +3,7 @@
 //! treated as untrusted.
 //!
 //! - [`sandbox_config`] / [`container_config`]: the conversions.
+//! - [`parse_spec`]: `config.json`, with errors naming the field.
 //! - [`container_type`] / [`sandbox_id`]: what a bundle is, from CRI annotations.
 //! - [`annotations`]: the honoured annotation keys and the policy that restricts them.
 //! - [`RuntimeConfig`]: the settings a conversion starts from (see [`crate::config`]).
@@ -17,6 +18,7 @@ mod hypervisor;
 mod names;
 mod runtime;
 mod sandbox;
+mod spec;
 mod state;
 
 pub(crate) use names::named_enum;
@@ -33,6 +35,7 @@ pub use hypervisor::{
 pub use names::{BlockDeviceDriver, HypervisorType, InterworkingModel, SharedFs, VirtioFsCache};
 pub use runtime::{AgentConfig, FactoryConfig, RuntimeConfig};
 pub use sandbox::{sandbox_config, NetworkConfig, SandboxConfig};
+pub use spec::parse_spec;
 pub use state::State;
 
 #[cfg(test)]

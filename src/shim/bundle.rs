@@ -14,7 +14,8 @@ use crate::oci::{self, ContainerType, RuntimeConfig};
 /// Reads `config.json` of the bundle.
 pub fn load_spec(bundle: &Path) -> Result<Spec, String> {
     let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| format!("bundle spec {}: {e}", path.display()))
+    let text = std::fs::read(&path).map_err(|e| format!("bundle spec {}: {e}", path.display()))?;
+    oci::parse_spec(&text).map_err(|e| format!("bundle {}: {e}", bundle.display()))
 }
 
 /// Runs the bundle through the conversion core, so that a spec or annotation vessel would
