@@ -76,7 +76,7 @@ impl Publisher {
         if self.queue.try_send(envelope).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // The first, then every thousandth: a log line per lost event would flood the log.
-            if dropped == 1 || dropped % 1000 == 0 {
+            if dropped == 1 || dropped.is_multiple_of(1000) {
                 error!(self.logger, "event queue full: containerd takes no events, dropping";
                     "topic" => topic, "queued" => QUEUE_LIMIT, "dropped" => dropped);
             }
