@@ -140,22 +140,15 @@ async fn pod_lifecycle_with_two_containers() {
     }
 
     // Exec and Attach through the streaming server.
-    let url = cri
-        .runtime
-        .exec(ExecRequest {
+    let out = cri
+        .exec_stdout(ExecRequest {
             container_id: ids[1].clone(),
             cmd: vec!["echo".into(), "streamed-exec".into()],
             stdout: true,
             stderr: true,
             ..Default::default()
         })
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url;
-    let out = tokio::task::spawn_blocking(move || stream_stdout(&url, b"", ""))
-        .await
-        .expect("exec stream");
+        .await;
     assert_eq!(out, "streamed-exec\n");
     // A terminal exec with input, as `kubectl exec -it` makes (its console socket must fit a
     // unix socket path despite 64-character CRI ids).
@@ -404,9 +397,8 @@ async fn short_exec_output_arrives_every_time() {
     for (tty, stdin) in kinds {
         for run in 0..RUNS {
             let word = format!("hello-{run}");
-            let url = cri
-                .runtime
-                .exec(ExecRequest {
+            let out = cri
+                .exec_stdout(ExecRequest {
                     container_id: app.clone(),
                     cmd: vec!["echo".into(), word.clone()],
                     tty,
@@ -414,13 +406,7 @@ async fn short_exec_output_arrives_every_time() {
                     stdout: true,
                     stderr: !tty,
                 })
-                .await
-                .expect("Exec")
-                .into_inner()
-                .url;
-            let out = tokio::task::spawn_blocking(move || stream_stdout(&url, b"", ""))
-                .await
-                .expect("exec stream");
+                .await;
             if out.trim_end() != word {
                 failures.push(format!("tty={tty} stdin={stdin} run {run}: {out:?}"));
             }

@@ -157,18 +157,7 @@ fn tty_is_a_terminal() {
 fn detached_lifecycle() {
     let id = unique_id("life");
     let _guard = ContainerGuard::new(&id);
-    ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        &id,
-        "sleep",
-        "1000",
-    ]);
-
-    let pid = wait_status(&id, "RUNNING");
+    let pid = run_detached(&id, &["sleep", "1000"]);
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     assert_eq!(cmdline, b"sleep\x001000\x00", "/proc/{pid} is not the task");
     assert_eq!(shims_of(&id).len(), 1, "shims: {:?}", shim_processes());
@@ -466,19 +455,7 @@ fn runtime_config_path_is_honoured() {
 fn dead_shim_is_cleaned_up() {
     let id = unique_id("dead");
     let _guard = ContainerGuard::new(&id);
-    let out = Ctr::new(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        &id,
-        "sleep",
-        "1000",
-    ])
-    .run();
-    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    let pid = wait_status(&id, "RUNNING");
+    let pid = run_detached(&id, &["sleep", "1000"]);
     let shims = shims_of(&id);
     assert_eq!(shims.len(), 1, "one shim for {id}: {shims:?}");
     kill_9(shims[0]);
@@ -512,20 +489,7 @@ fn unread_output_does_not_hold_up_the_exit() {
     let id = unique_id("unread");
     let _guard = ContainerGuard::new(&id);
     let script = "while true; do echo tick tick tick; done";
-    let out = Ctr::new(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        &id,
-        "sh",
-        "-c",
-        script,
-    ])
-    .run();
-    assert_success("ctr run -d", &out);
-    wait_status(&id, "RUNNING");
+    run_detached(&id, &["sh", "-c", script]);
     // Let the output fill the fifo and the pipe behind it.
     thread::sleep(Duration::from_millis(500));
     ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);

@@ -23,17 +23,7 @@ fn a_running_task_keeps_working_across_a_containerd_restart() {
     let _one = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
     let id = unique_id("restart");
     let _guard = ContainerGuard::new(&id);
-    ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        &id,
-        "sleep",
-        "600",
-    ]);
-    let pid = wait_status(&id, "RUNNING");
+    let pid = run_detached(&id, &["sleep", "600"]);
 
     restart_containerd();
     let events = EventWatcher::start();

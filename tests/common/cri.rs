@@ -6,10 +6,10 @@ use std::{path::PathBuf, time::Duration};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest, ImageSpec,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -82,6 +82,20 @@ impl Cri {
             .await
             .expect("StartContainer");
         id
+    }
+
+    /// Exec through the streaming server: the process's stdout (sent no stdin).
+    pub async fn exec_stdout(&mut self, request: ExecRequest) -> String {
+        let url = self
+            .runtime
+            .exec(request)
+            .await
+            .expect("Exec")
+            .into_inner()
+            .url;
+        tokio::task::spawn_blocking(move || stream_stdout(&url, b"", ""))
+            .await
+            .expect("exec stream")
     }
 
     /// Stops and removes the pod `times` times each (again is not an error), then checks

@@ -22,6 +22,16 @@ pub fn run_rm(id: &str, extra: &[&str], cmd: &[&str]) -> Ctr {
     Ctr::new(&args)
 }
 
+/// `ctr run -d --runtime vessel BUSYBOX ID CMD...`, asserting that it succeeded; returns the
+/// task's pid once it runs.
+pub fn run_detached(id: &str, cmd: &[&str]) -> u32 {
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME, BUSYBOX, id];
+    args.extend_from_slice(cmd);
+    let out = Ctr::new(&args).run();
+    assert_success("ctr run -d", &out);
+    wait_status(id, "RUNNING")
+}
+
 /// stdout of `out`, lossily decoded.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
