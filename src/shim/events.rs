@@ -8,7 +8,10 @@
 //! ends: never once per retry.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -20,7 +23,7 @@ use containerd_shim_protos::{
     ttrpc::{self, context},
 };
 use slog::{error, info, warn, Logger};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Events queued while containerd cannot take them; more are dropped (and counted).
 /// An event is a few hundred bytes: the queue stays well under a megabyte.
@@ -38,12 +41,29 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// An outage this long is logged a second time, as an error.
 const LONG_OUTAGE: Duration = Duration::from_secs(30);
 
-/// Queues events for containerd; cheap to call from every Task method.
+/// Queues events for containerd; cheap to call from every Task method, cheap to clone.
+#[derive(Clone)]
 pub struct Publisher {
     namespace: String,
     queue: mpsc::Sender<Envelope>,
-    dropped: AtomicU64,
+    undelivered: Arc<Undelivered>,
+    dropped: Arc<AtomicU64>,
     logger: Logger,
+}
+
+/// Events queued or being delivered.
+#[derive(Default)]
+struct Undelivered {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl Undelivered {
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none.notify_waiters();
+        }
+    }
 }
 
 impl Publisher {
@@ -51,16 +71,37 @@ impl Publisher {
     /// delivery task spawned. The connection is made on the first event.
     pub fn start(address: &str, namespace: &str, logger: Logger) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE_LIMIT);
+        let undelivered = Arc::new(Undelivered::default());
         tokio::spawn(deliver(
             Link::new(address),
             pending,
+            undelivered.clone(),
             logger.new(slog::o!("events_to" => address.to_string())),
         ));
         Self {
             namespace: namespace.to_string(),
             queue,
-            dropped: AtomicU64::new(0),
+            undelivered,
+            dropped: Arc::default(),
             logger,
+        }
+    }
+
+    /// Waits until every queued event is delivered, at most `limit` (the shim is exiting).
+    pub async fn flush(&self, limit: Duration) {
+        let flushed = tokio::time::timeout(limit, async {
+            loop {
+                let none = self.undelivered.none.notified();
+                if self.undelivered.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                none.await;
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            error!(self.logger, "exiting with events containerd did not take";
+                "undelivered" => self.undelivered.count.load(Ordering::Acquire));
         }
     }
 
@@ -73,7 +114,9 @@ impl Publisher {
                 return;
             }
         };
+        self.undelivered.count.fetch_add(1, Ordering::AcqRel);
         if self.queue.try_send(envelope).is_err() {
+            self.undelivered.done();
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // The first, then every thousandth: a log line per lost event would flood the log.
             if dropped == 1 || dropped.is_multiple_of(1000) {
@@ -151,7 +194,12 @@ impl Link {
 }
 
 /// Forwards queued events one at a time, each until containerd has it.
-async fn deliver(mut link: Link, mut pending: mpsc::Receiver<Envelope>, logger: Logger) {
+async fn deliver(
+    mut link: Link,
+    mut pending: mpsc::Receiver<Envelope>,
+    undelivered: Arc<Undelivered>,
+    logger: Logger,
+) {
     while let Some(envelope) = pending.recv().await {
         let mut outage: Option<Outage> = None;
         let mut backoff = BACKOFF_MIN;
@@ -172,6 +220,7 @@ async fn deliver(mut link: Link, mut pending: mpsc::Receiver<Envelope>, logger: 
                 }
             }
         }
+        undelivered.done();
         if let Some(outage) = outage {
             outage.end(&logger, pending.len());
         }
@@ -307,6 +356,26 @@ mod tests {
         let _server = restarted.serve(&socket).await;
         assert_eq!(restarted.wait_for(19).await, (2..=20).collect::<Vec<_>>());
         assert_eq!(containerd.received(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn flush_waits_for_delivery_and_gives_up_at_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock.ttrpc");
+        let containerd = Containerd::default();
+        let _server = containerd.serve(&socket).await;
+        let publisher = Publisher::start(socket.to_str().unwrap(), "default", logger());
+        for status in 0..50 {
+            publisher.publish("/tasks/exit", exit(status));
+        }
+        publisher.flush(Duration::from_secs(5)).await;
+        assert_eq!(containerd.received().len(), 50, "flushed before delivery");
+
+        let away = Publisher::start(dir.path().join("gone").to_str().unwrap(), "ns", logger());
+        away.publish("/tasks/exit", exit(1));
+        let started = Instant::now();
+        away.flush(Duration::from_millis(200)).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -241,10 +241,12 @@ async fn serve(flags: &Flags) -> Result<(), String> {
         std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
     let publisher = events::Publisher::start(&ttrpc_address, &flags.namespace, logger.clone());
     let exit = Arc::new(ExitSignal::default());
+    let in_flight = Arc::new(service::InFlight::default());
     let service: Arc<dyn Task + Send + Sync> = Arc::new(service::TaskService::new(
         &flags.namespace,
-        publisher,
+        publisher.clone(),
         exit.clone(),
+        in_flight.clone(),
         logger.clone(),
     ));
     let listener = Listener::try_from(listener).map_err(|e| format!("ttrpc listener: {e}"))?;
@@ -263,6 +265,10 @@ async fn serve(flags: &Flags) -> Result<(), String> {
     info!(logger, "serving"; "address" => &flags.socket, "pid" => std::process::id());
     exit.wait().await;
     info!(logger, "shutting down");
+    // Every request under way gets its answer before the connections close.
+    server.stop_listen().await;
+    in_flight.settled(Duration::from_secs(5)).await;
+    publisher.flush(Duration::from_secs(5)).await;
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(socket_path(&flags.socket));
     Ok(())

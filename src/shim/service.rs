@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use async_trait::async_trait;
@@ -20,7 +23,7 @@ use containerd_shim_protos::{
     ttrpc::{self, r#async::TtrpcContext, Code},
 };
 use slog::{debug, info, warn, Logger};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::{Mutex, Notify, OnceCell};
 
 use super::{
     bundle,
@@ -147,23 +150,68 @@ impl Drop for Creating<'_> {
     }
 }
 
+/// Counts the Task requests being served, so that the shim exits only once each has had its
+/// answer (a Kill whose process exits meanwhile lets containerd delete the last container and
+/// shut the shim down before the Kill returns).
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> Serving {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Serving(self.clone())
+    }
+
+    /// Waits until no request is being served, at most `limit`.
+    pub async fn settled(&self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let idle = self.idle.notified();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// One request being served.
+struct Serving(Arc<InFlight>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// The Task service.
 pub struct TaskService {
     state: Arc<Shared>,
+    in_flight: Arc<InFlight>,
     config: OnceCell<(Config, RuntimeConfig)>,
     sandbox: OnceCell<Arc<dyn Sandbox>>,
     exit: Arc<ExitSignal>,
 }
 
 impl TaskService {
-    /// A service publishing through `publisher`, signalling `exit` when it should stop.
+    /// A service publishing through `publisher`, signalling `exit` when it should stop and
+    /// counting its requests in `in_flight`.
     pub fn new(
         namespace: &str,
         publisher: Publisher,
         exit: Arc<ExitSignal>,
+        in_flight: Arc<InFlight>,
         logger: Logger,
     ) -> Self {
         Self {
+            in_flight,
             state: Arc::new(Shared {
                 namespace: namespace.to_string(),
                 containers: Mutex::new(HashMap::new()),
@@ -346,6 +394,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let _serving = self.in_flight.enter();
         let logger = &self.state.logger;
         info!(logger, "create"; "container" => &req.id, "bundle" => &req.bundle);
         let creating = Creating::claim(&self.state, &req.id).await?;
@@ -426,6 +475,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
+        let _serving = self.in_flight.enter();
         debug!(self.state.logger, "start"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
         // Held until the start event is out, so that no exit of this process overtakes it.
@@ -517,6 +567,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
+        let _serving = self.in_flight.enter();
         let containers = self.state.containers.lock().await;
         let container = containers
             .get(&req.id)
@@ -548,6 +599,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
+        let _serving = self.in_flight.enter();
         info!(self.state.logger, "delete"; "container" => &req.id, "exec" => &req.exec_id);
         let sandbox = self.sandbox()?;
         let _op = self.state.hold_op(&req.id).await?;
@@ -631,6 +683,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
+        let _serving = self.in_flight.enter();
         let sandbox = self.sandbox()?;
         let exec_pids: HashMap<u32, String> = {
             let containers = self.state.containers.lock().await;
@@ -668,10 +721,12 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         self.set_paused(&req.id, true).await
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         self.set_paused(&req.id, false).await
     }
 
@@ -680,6 +735,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CheckpointTaskRequest,
     ) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         Err(status_error(
             Code::UNIMPLEMENTED,
             format!(
@@ -690,6 +746,7 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         info!(self.state.logger, "kill"; "container" => &req.id, "exec" => &req.exec_id,
             "signal" => req.signal, "all" => req.all);
         let sandbox = self.sandbox()?;
@@ -724,6 +781,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         info!(self.state.logger, "exec"; "container" => &req.id, "exec" => &req.exec_id);
         let spec: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
             .map_err(|e| invalid_argument(format!("exec {}: process spec: {e}", req.exec_id)))?;
@@ -766,6 +824,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         let sandbox = self.sandbox()?;
         sandbox
             .resize_pty(&req.id, &req.exec_id, req.width, req.height)
@@ -779,6 +838,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         let containers = self.state.containers.lock().await;
         let container = containers
             .get(&req.id)
@@ -795,6 +855,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         let sandbox = self.sandbox()?;
         let resources: oci_spec::runtime::LinuxResources =
             serde_json::from_slice(&req.resources.value)
@@ -812,6 +873,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> ttrpc::Result<api::WaitResponse> {
+        let _serving = self.in_flight.enter();
         let mut exited = {
             let containers = self.state.containers.lock().await;
             let container = containers
@@ -836,6 +898,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
+        let _serving = self.in_flight.enter();
         let sandbox = self.sandbox()?;
         self.require_running(&req.id).await?;
         let stats = sandbox.stats(&req.id).await.map_err(backend_error)?;
@@ -850,6 +913,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> ttrpc::Result<api::ConnectResponse> {
+        let _serving = self.in_flight.enter();
         let containers = self.state.containers.lock().await;
         let task_pid = containers.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
         Ok(api::ConnectResponse {
@@ -865,6 +929,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> ttrpc::Result<Empty> {
+        let _serving = self.in_flight.enter();
         if !self.state.containers.lock().await.is_empty() || !self.state.lock_creating().is_empty()
         {
             return Ok(Empty::new());
