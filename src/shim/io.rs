@@ -58,6 +58,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How often the fifo is looked at while the output drains.
 const DRAIN_POLL: Duration = Duration::from_millis(2);
 
+/// Bytes a copy moves at a time (as much as tokio's own copy: an idle shim stays small).
+const COPY_BUFFER: usize = 8 * 1024;
+
 /// How long the count of what is left unread in the process's stream may take.
 const COUNT_LIMIT: Duration = Duration::from_millis(100);
 
@@ -239,7 +242,7 @@ async fn copy(
     progress: Arc<Progress>,
     mut stop: oneshot::Receiver<()>,
 ) -> u64 {
-    let mut buffer = vec![0u8; 32 * 1024];
+    let mut buffer = vec![0u8; COPY_BUFFER];
     loop {
         let read = tokio::select! {
             biased;
@@ -279,7 +282,7 @@ async fn copy(
 /// Reads what is left in a stream (for a bounded time) to count it.
 async fn count_rest(source: &mut (dyn AsyncRead + Send + Unpin)) -> u64 {
     let deadline = Instant::now() + COUNT_LIMIT;
-    let mut buffer = vec![0u8; 32 * 1024];
+    let mut buffer = vec![0u8; COPY_BUFFER];
     let mut count = 0;
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, source.read(&mut buffer)).await {
         if n == 0 {
