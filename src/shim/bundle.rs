@@ -1,12 +1,9 @@
-//! The bundle containerd hands the shim: its spec, its checks, its root file system mounts,
-//! and the runtime options that came with it.
+//! The bundle containerd hands the shim: its spec, its conversion, and the runtime options that
+//! came with it.
 
 use std::path::Path;
 
-use containerd_shim_protos::{
-    api::Mount,
-    protobuf::{well_known_types::any::Any, CodedInputStream},
-};
+use containerd_shim_protos::protobuf::{well_known_types::any::Any, CodedInputStream};
 use oci_spec::runtime::Spec;
 
 use crate::oci::{self, ContainerType, RuntimeConfig};
@@ -18,12 +15,35 @@ pub fn load_spec(bundle: &Path) -> Result<Spec, String> {
     oci::parse_spec(&text).map_err(|e| format!("bundle {}: {e}", bundle.display()))
 }
 
-/// Runs the bundle through the conversion core, so that a spec or annotation vessel would
-/// refuse fails Create with the conversion core's message.
-pub fn check(spec: &Spec, runtime: &RuntimeConfig, bundle: &Path, id: &str) -> Result<(), String> {
+/// A bundle as the conversion core makes it.
+pub enum Converted {
+    /// The pod's sandbox (or a standalone container, a pod of one).
+    Sandbox(Box<oci::SandboxConfig>),
+    /// A container joining the pod `sandbox_id`.
+    Container {
+        /// The pod's sandbox id.
+        sandbox_id: String,
+        /// The container.
+        config: Box<oci::ContainerConfig>,
+    },
+}
+
+/// Runs the bundle through the conversion core: a spec or annotation vessel refuses fails
+/// Create with the conversion core's message.
+pub fn convert(
+    spec: &Spec,
+    runtime: &RuntimeConfig,
+    bundle: &Path,
+    id: &str,
+) -> Result<Converted, String> {
     let converted = match oci::container_type(spec).map_err(|e| e.to_string())? {
-        ContainerType::PodContainer => oci::container_config(spec, bundle, id).map(|_| ()),
-        _ => oci::sandbox_config(spec, runtime, bundle, id).map(|_| ()),
+        ContainerType::PodContainer => oci::container_config(spec, bundle, id).and_then(|config| {
+            Ok(Converted::Container {
+                sandbox_id: oci::sandbox_id(spec)?,
+                config: Box::new(config),
+            })
+        }),
+        _ => oci::sandbox_config(spec, runtime, bundle, id).map(|c| Converted::Sandbox(Box::new(c))),
     };
     converted.map_err(|e| e.to_string())
 }
@@ -34,27 +54,6 @@ pub fn grouping(spec: &Spec, id: &str) -> Result<String, String> {
         ContainerType::PodContainer => oci::sandbox_id(spec).map_err(|e| e.to_string()),
         _ => Ok(id.to_string()),
     }
-}
-
-/// Mounts the root file system containerd prepared (snapshot mounts) at `bundle/rootfs`.
-pub async fn mount_rootfs(mounts: &[Mount], bundle: &Path) -> Result<(), String> {
-    if mounts.is_empty() {
-        return Ok(());
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target).map_err(|e| format!("rootfs {}: {e}", target.display()))?;
-    for mount in mounts {
-        containerd_shim::asynchronous::util::mount_rootfs(mount, &target)
-            .await
-            .map_err(|e| format!("mount rootfs {}: {e}", target.display()))?;
-    }
-    Ok(())
-}
-
-/// Unmounts whatever is mounted at `bundle/rootfs`; nothing to do is not an error.
-pub fn unmount_rootfs(bundle: &Path) {
-    let target = bundle.join("rootfs");
-    while nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
 }
 
 /// The `ConfigPath` of containerd's runtime options (`runtimeoptions.v1.Options`, field 2),

@@ -42,9 +42,6 @@ pub const RUNTIME_ID: &str = "io.containerd.vessel.v2";
 /// The ttrpc service names of the Task API: containerd 1.x, then 2.x.
 const TASK_SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 
-/// File in the bundle naming the OCI runtime binary that created the container.
-pub const RUNTIME_FILE: &str = "runtime";
-
 /// Runs the action containerd asked for and returns the process exit code.
 pub async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -150,18 +147,18 @@ async fn spawn_daemon(flags: &Flags, bundle: &Path, address: &str) -> Result<(),
     Ok(())
 }
 
-/// `delete`: cleans up after a shim that died: kills and removes what is left of the
-/// container, unmounts its root file system, and reports it killed.
+/// `delete`: cleans up after a shim that died: the container's sandbox backend removes what
+/// its record says it created for the container; the reply reports it killed.
 async fn delete(flags: &Flags) -> Result<(), String> {
     let bundle = bundle_dir(flags);
-    let binary = std::fs::read_to_string(bundle.join(RUNTIME_FILE))
-        .map(|b| b.trim().to_string())
-        .unwrap_or_else(|_| "runc".to_string());
-    let state = sandbox::state_dir(&flags.namespace);
+    // Without a spec the sandbox is the container's own (standalone).
+    let sandbox_id = bundle::load_spec(&bundle)
+        .ok()
+        .and_then(|spec| bundle::grouping(&spec, &flags.id).ok())
+        .unwrap_or_else(|| flags.id.clone());
     // containerd's output for `delete` is the response alone: leftovers that cannot be
-    // removed are reported by the runtime's own state on the next try.
-    let leftover = sandbox::linux::force_delete(&binary, &state, &flags.id).await;
-    bundle::unmount_rootfs(&bundle);
+    // removed are reported on the next try.
+    let leftover = sandbox::cleanup(&flags.namespace, &sandbox_id, &flags.id).await;
     stop_own_daemon(&bundle, flags);
     remove_dead_socket(&bundle).await;
     let response = containerd_shim::DeleteResponse {
@@ -245,6 +242,7 @@ async fn serve(flags: &Flags) -> Result<(), String> {
     let service: Arc<dyn Task + Send + Sync> = Arc::new(service::TaskService::new(
         &flags.namespace,
         publisher.clone(),
+        service::configured_backend(),
         exit.clone(),
         in_flight.clone(),
         logger.clone(),

@@ -60,9 +60,31 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+impl StdioPaths {
+    /// The streams of a container's init process.
+    pub fn of_create(req: &containerd_shim_protos::api::CreateTaskRequest) -> Self {
+        Self {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        }
+    }
+
+    /// The streams of an exec process.
+    pub fn of_exec(req: &containerd_shim_protos::api::ExecProcessRequest) -> Self {
+        Self {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        }
+    }
+}
+
 /// A tracked process.
 pub struct Process {
-    /// Host pid, 0 before it started.
+    /// The pid the backend reports for it (0 before an exec process started).
     pub pid: u32,
     /// Lifecycle state.
     pub status: State,
