@@ -43,7 +43,9 @@ pub fn convert(
                 config: Box::new(config),
             })
         }),
-        _ => oci::sandbox_config(spec, runtime, bundle, id).map(|c| Converted::Sandbox(Box::new(c))),
+        _ => {
+            oci::sandbox_config(spec, runtime, bundle, id).map(|c| Converted::Sandbox(Box::new(c)))
+        }
     };
     converted.map_err(|e| e.to_string())
 }

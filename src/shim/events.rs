@@ -263,56 +263,27 @@ impl Outage {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use async_trait::async_trait;
-    use containerd_shim_protos::{
-        api::Empty,
-        events::task::TaskExit,
-        protobuf::Message,
-        shim_async::{create_events, Events},
-        ttrpc::r#async::{transport::Listener, Server, TtrpcContext},
-    };
+    use containerd_shim_protos::{events::task::TaskExit, protobuf::Message};
 
     use super::*;
+    use crate::shim::test_support::Containerd;
 
-    /// containerd's event service, recording the exit statuses it receives.
-    #[derive(Clone, Default)]
-    struct Containerd(Arc<Mutex<Vec<u32>>>);
-
-    #[async_trait]
-    impl Events for Containerd {
-        async fn forward(&self, _ctx: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
-            let exit = TaskExit::parse_from_bytes(&req.envelope().event().value).unwrap();
-            self.0.lock().unwrap().push(exit.exit_status);
-            Ok(Empty::new())
-        }
+    /// The exit statuses of the events `containerd` received.
+    fn statuses(containerd: &Containerd) -> Vec<u32> {
+        containerd
+            .received()
+            .iter()
+            .map(|e| {
+                TaskExit::parse_from_bytes(&e.event().value)
+                    .unwrap()
+                    .exit_status
+            })
+            .collect()
     }
 
-    impl Containerd {
-        async fn serve(&self, path: &std::path::Path) -> Server {
-            let _ = std::fs::remove_file(path);
-            let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-            let mut server = Server::new()
-                .add_listener(Listener::try_from(listener).unwrap())
-                .register_service(create_events(Arc::new(self.clone())));
-            server.start().await.unwrap();
-            server
-        }
-
-        fn received(&self) -> Vec<u32> {
-            self.0.lock().unwrap().clone()
-        }
-
-        async fn wait_for(&self, count: usize) -> Vec<u32> {
-            for _ in 0..500 {
-                if self.received().len() >= count {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            self.received()
-        }
+    async fn statuses_after(containerd: &Containerd, count: usize) -> Vec<u32> {
+        containerd.wait_for(count).await;
+        statuses(containerd)
     }
 
     fn exit(status: u32) -> Box<dyn MessageDyn> {
@@ -334,7 +305,7 @@ mod tests {
         let mut server = containerd.serve(&socket).await;
         let publisher = Publisher::start(socket.to_str().unwrap(), "default", logger());
         publisher.publish("/tasks/exit", exit(1));
-        assert_eq!(containerd.wait_for(1).await, vec![1]);
+        assert_eq!(statuses_after(&containerd, 1).await, vec![1]);
 
         // containerd goes away: events published meanwhile wait, and the Task API does not.
         server.shutdown().await.unwrap();
@@ -354,8 +325,11 @@ mod tests {
         // in order, once.
         let restarted = Containerd::default();
         let _server = restarted.serve(&socket).await;
-        assert_eq!(restarted.wait_for(19).await, (2..=20).collect::<Vec<_>>());
-        assert_eq!(containerd.received(), vec![1]);
+        assert_eq!(
+            statuses_after(&restarted, 19).await,
+            (2..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(statuses(&containerd), vec![1]);
     }
 
     #[tokio::test]
@@ -387,7 +361,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let containerd = Containerd::default();
         let _server = containerd.serve(&socket).await;
-        assert_eq!(containerd.wait_for(1).await, vec![7]);
+        assert_eq!(statuses_after(&containerd, 1).await, vec![7]);
     }
 
     #[tokio::test]

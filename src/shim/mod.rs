@@ -9,6 +9,8 @@ mod events;
 mod io;
 mod process;
 mod service;
+#[cfg(test)]
+mod test_support;
 
 use std::{
     os::unix::net::UnixListener,
