@@ -14,7 +14,10 @@ use super::Shared;
 use crate::{
     oci::State,
     sandbox::{Event, Exit},
-    shim::{io::STALL_LIMIT, process::ExitInfo},
+    shim::{
+        io::STALL_LIMIT,
+        process::{ExitInfo, Process},
+    },
 };
 
 /// The exit status of a process whose sandbox died under it.
@@ -77,6 +80,20 @@ async fn running_processes(state: &Shared) -> Vec<Exit> {
     exits
 }
 
+/// Runs `change` on the process `exit` is of, unless it is gone or has exited already.
+async fn unexited<T>(
+    state: &Shared,
+    exit: &Exit,
+    change: impl FnOnce(&mut Process) -> T,
+) -> Option<T> {
+    let mut containers = state.containers.lock().await;
+    let process = containers
+        .get_mut(&exit.container_id)?
+        .process_mut(&exit.exec_id)
+        .ok()?;
+    process.exit().is_none().then(|| change(process))
+}
+
 /// Records an exit and publishes it, once the process's output reached containerd.
 async fn apply_exit(state: &Shared, exit: Exit) {
     // A Create or Start still under way publishes its event before this exit's.
@@ -84,18 +101,9 @@ async fn apply_exit(state: &Shared, exit: Exit) {
         return;
     };
     drop(op.lock().await);
-    let streams = {
-        let mut containers = state.containers.lock().await;
-        let Some(process) = containers
-            .get_mut(&exit.container_id)
-            .and_then(|c| c.process_mut(&exit.exec_id).ok())
-        else {
-            return;
-        };
-        if process.exit().is_some() {
-            return;
-        }
-        std::mem::take(&mut process.streams)
+    let taken = unexited(state, &exit, |process| std::mem::take(&mut process.streams)).await;
+    let Some(streams) = taken else {
+        return;
     };
     // Every line the process wrote reaches containerd, and is read, before it hears of the
     // exit; unless nobody reads it: then the exit does not wait for long.
@@ -110,18 +118,11 @@ async fn apply_exit(state: &Shared, exit: Exit) {
         status: exit.status,
         at: exit.at,
     };
+    if unexited(state, &exit, |process| process.set_exited(info))
+        .await
+        .is_none()
     {
-        let mut containers = state.containers.lock().await;
-        let Some(process) = containers
-            .get_mut(&exit.container_id)
-            .and_then(|c| c.process_mut(&exit.exec_id).ok())
-        else {
-            return;
-        };
-        if process.exit().is_some() {
-            return;
-        }
-        process.set_exited(info);
+        return;
     }
     info!(state.logger, "process exited";
         "container" => &exit.container_id, "exec" => &exit.exec_id,

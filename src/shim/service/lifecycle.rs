@@ -14,9 +14,10 @@ use super::{
 };
 use crate::{
     oci::State,
+    sandbox::Sandbox,
     shim::{
         io::Streams,
-        process::{ExitInfo, Process},
+        process::{ExitInfo, Process, StdioPaths},
     },
 };
 
@@ -52,19 +53,7 @@ impl TaskService {
                     .map_err(errors::backend)?;
                 None
             }
-            Some(spec) => {
-                let started = sandbox
-                    .exec(&req.id, &req.exec_id, &spec, wanted(&stdio))
-                    .await
-                    .map_err(errors::backend)?;
-                match Streams::connect(started.io, &stdio).await {
-                    Ok(streams) => Some((started.pid, streams)),
-                    Err(e) => {
-                        let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
-                        return Err(invalid_argument(e.to_string()));
-                    }
-                }
-            }
+            Some(spec) => Some(start_exec(&*sandbox, &req, &spec, &stdio).await?),
         };
         let pid = self
             .state
@@ -78,6 +67,15 @@ impl TaskService {
                 Ok(process.pid)
             })
             .await?;
+        self.publish_started(&req, pid);
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// TaskStart, or TaskExecStarted.
+    fn publish_started(&self, req: &api::StartRequest, pid: u32) {
         if req.exec_id.is_empty() {
             release_free_memory();
             let event = TaskStart {
@@ -97,10 +95,6 @@ impl TaskService {
             self.state
                 .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event));
         }
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
     }
 
     pub(super) async fn delete_process(
@@ -247,6 +241,27 @@ impl TaskService {
         info!(self.state.logger, "shutdown: no container left");
         self.exit.signal();
         Ok(Empty::new())
+    }
+}
+
+/// Starts an exec process and wires its streams; a process whose streams cannot be wired is
+/// killed again.
+async fn start_exec(
+    sandbox: &dyn Sandbox,
+    req: &api::StartRequest,
+    spec: &oci_spec::runtime::Process,
+    stdio: &StdioPaths,
+) -> ttrpc::Result<(u32, Streams)> {
+    let started = sandbox
+        .exec(&req.id, &req.exec_id, spec, wanted(stdio))
+        .await
+        .map_err(errors::backend)?;
+    match Streams::connect(started.io, stdio).await {
+        Ok(streams) => Ok((started.pid, streams)),
+        Err(e) => {
+            let _ = sandbox.kill(&req.id, &req.exec_id, 9, false).await;
+            Err(invalid_argument(e.to_string()))
+        }
     }
 }
 
