@@ -200,17 +200,7 @@ impl OutputRelay {
         let started = Instant::now();
         let mut taken = self.taken();
         let mut moved = started;
-        loop {
-            if self.progress.ended.load(Ordering::Acquire) && unread(&self.hold) == 0 {
-                if let Some(stop) = self.stop.take() {
-                    let _ = stop.send(());
-                }
-                let _ = self.task.await;
-                return Delivery {
-                    delivered: self.progress.copied.load(Ordering::Acquire),
-                    dropped: 0,
-                };
-            }
+        while !(self.progress.ended.load(Ordering::Acquire) && unread(&self.hold) == 0) {
             let now = Instant::now();
             if now - moved >= STALL_LIMIT || now - started >= DRAIN_LIMIT {
                 break;
@@ -226,10 +216,9 @@ impl OutputRelay {
             let _ = stop.send(());
         }
         let not_copied = (&mut self.task).await.unwrap_or_default();
-        let in_fifo = unread(&self.hold);
         Delivery {
             delivered: self.taken(),
-            dropped: in_fifo + not_copied,
+            dropped: unread(&self.hold) + not_copied,
         }
     }
 }

@@ -79,6 +79,8 @@ impl TaskService {
         let (config, runtime) = self.config_for(&req).await?;
         let converted =
             bundle::convert(&spec, runtime, &bundle, &req.id).map_err(invalid_argument)?;
+        // The converted config carries the spec from here on.
+        drop(spec);
         let (sandbox, container) = self.sandbox_for(config, converted).await?;
         let stdio = StdioPaths::of_create(&req);
         let request = ContainerRequest {

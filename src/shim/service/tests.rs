@@ -12,6 +12,7 @@ use containerd_shim_protos::{
     api,
     events::task::TaskExit,
     protobuf::{well_known_types::any::Any, CodedOutputStream, Message},
+    topics,
     ttrpc::{self, Code},
 };
 use oci_spec::runtime::{LinuxResources, Process as ProcessSpec, Spec};
@@ -337,8 +338,6 @@ impl Harness {
             .collect()
     }
 }
-
-use containerd_shim_protos::topics;
 
 fn code(result: ttrpc::Result<impl std::fmt::Debug>) -> Code {
     match result {
