@@ -5,29 +5,25 @@ use oci_spec::runtime::Spec;
 use super::Error;
 
 /// Parses `config.json`; an invalid field is an [`Error::InvalidField`] naming its JSON path.
+///
+/// One parser for valid and broken specs alike: a second instantiation of the whole Spec
+/// parser would be code every idle shim maps.
 pub fn parse_spec(text: &[u8]) -> Result<Spec, Error> {
-    // A valid spec takes the plain parser; only a broken one is parsed again to find where it
-    // breaks (that second parser is a copy of the whole Spec parser: an idle shim never runs it).
-    serde_json::from_slice(text).map_err(|plain| invalid_field(text, plain))
-}
-
-/// The error of the first field of `text` that does not parse.
-fn invalid_field(text: &[u8], plain: serde_json::Error) -> Error {
     let mut json = serde_json::Deserializer::from_slice(text);
-    let (field, message) = match serde_path_to_error::deserialize::<_, Spec>(&mut json) {
-        Err(e) => (e.path().to_string(), e.into_inner().to_string()),
-        Ok(_) => (String::new(), plain.to_string()),
-    };
-    // serde_json appends the position, which names nothing a user wrote by hand.
-    let message = match message.rsplit_once(" at line ") {
-        Some((message, _)) => message.to_string(),
-        None => message,
-    };
-    let reason = match device_path(text, &field) {
-        Some(device) => format!("device {device}: {message}"),
-        None => message,
-    };
-    Error::InvalidField { field, reason }
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde_json appends the position, which names nothing a user wrote by hand.
+        let message = match message.rsplit_once(" at line ") {
+            Some((message, _)) => message.to_string(),
+            None => message,
+        };
+        let reason = match device_path(text, &field) {
+            Some(device) => format!("device {device}: {message}"),
+            None => message,
+        };
+        Error::InvalidField { field, reason }
+    })
 }
 
 /// The `path` of the device a field path such as `linux.devices[2].type` points into.
