@@ -265,12 +265,13 @@ async fn serve(flags: &Flags) -> Result<(), String> {
     info!(logger, "serving"; "address" => &flags.socket, "pid" => std::process::id());
     exit.wait().await;
     info!(logger, "shutting down");
-    // Every request under way gets its answer before the connections close.
+    // No new client finds the shim (a `delete` action that kills it meanwhile leaves no
+    // socket behind); every request under way gets its answer before the connections close.
+    let _ = std::fs::remove_file(socket_path(&flags.socket));
     server.stop_listen().await;
     in_flight.settled(Duration::from_secs(5)).await;
     publisher.flush(Duration::from_secs(5)).await;
     let _ = server.shutdown().await;
-    let _ = std::fs::remove_file(socket_path(&flags.socket));
     Ok(())
 }
 
