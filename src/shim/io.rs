@@ -380,7 +380,8 @@ mod tests {
         let read = tokio::task::spawn_blocking(move || {
             let mut all = Vec::new();
             let mut buffer = [0u8; 4096];
-            while all.len() < 300_000 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while all.len() < 300_000 && std::time::Instant::now() < deadline {
                 match containerd.read(&mut buffer) {
                     Ok(n) => all.extend_from_slice(&buffer[..n]),
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -388,9 +389,15 @@ mod tests {
             }
             all.len()
         });
-        written.await.unwrap();
-        let delivery = streams.finish().await;
-        assert_eq!(read.await.unwrap(), 300_000);
+        // A copy that stalls fails the test instead of hanging it.
+        let (delivery, read) = tokio::time::timeout(Duration::from_secs(30), async {
+            written.await.unwrap();
+            let delivery = streams.finish().await;
+            (delivery, read.await.unwrap())
+        })
+        .await
+        .expect("the output is copied");
+        assert_eq!(read, 300_000);
         assert_eq!(
             delivery,
             Delivery {
