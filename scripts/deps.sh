@@ -2,7 +2,7 @@
 # Install what building and testing vessel needs, idempotently (Debian bookworm).
 #
 #   scripts/deps.sh        base packages (make deps)
-#   scripts/deps.sh vm     QEMU from bookworm-backports (make deps-vm)
+#   scripts/deps.sh vm     QEMU from bookworm-backports, the guest kernel (make deps-vm)
 #
 # Only runs `apt-get update` / `apt-get install` when something is missing.
 # Also adds the bookworm-backports suite as
@@ -19,6 +19,9 @@ BASE_PACKAGES=(
     bsdutils                                         # script(1): tty tests
 )
 VM_PACKAGES=(qemu-system-x86)
+# The guest image (make guest): Debian's kernel and its modules, and the tools that unpack
+# and pack them.
+GUEST_PACKAGES=(linux-image-amd64 cpio xz-utils zstd kmod)
 BACKPORTS=/etc/apt/sources.list.d/bookworm-backports.sources
 MAIN_SOURCES=/etc/apt/sources.list.d/debian.sources
 
@@ -98,6 +101,13 @@ vm() {
         v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
         if ! installed "$p" || [[ "$v" != *bpo* ]]; then missing+=("$p"); fi
     done
+    local guest=()
+    for p in "${GUEST_PACKAGES[@]}"; do installed "$p" || guest+=("$p"); done
+    if [ ${#guest[@]} -gt 0 ]; then
+        log "installing ${guest[*]}"
+        apt_update
+        apt_install "${guest[@]}"
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]} from bookworm-backports"
         apt_update

@@ -4,10 +4,12 @@
 //! - [`config`]: the runtime configuration file and its allow-lists.
 //! - [`shim`]: the containerd Task service.
 //! - [`sandbox`]: the sandbox backends behind one trait.
+//! - [`protos`]: the guest agent's ttrpc API.
 
 pub mod config;
 pub mod convert;
 pub mod logging;
 pub mod oci;
+pub mod protos;
 pub mod sandbox;
 pub mod shim;

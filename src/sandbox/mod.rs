@@ -73,6 +73,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The ttrpc code of this error: the one mapping every ttrpc server of a backend uses (the
+    /// shim's Task service, the guest agent).
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            Self::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            Self::NotRunning(_) => ttrpc::Code::FAILED_PRECONDITION,
+            Self::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
+            Self::Unavailable(_) => ttrpc::Code::UNAVAILABLE,
+            Self::Timeout(_) => ttrpc::Code::DEADLINE_EXCEEDED,
+            Self::Unsupported(_) => ttrpc::Code::INVALID_ARGUMENT,
+            Self::Runtime { .. } | Self::Io { .. } => ttrpc::Code::UNKNOWN,
+        }
+    }
+
     /// An [`Error::Io`] saying what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {

@@ -31,16 +31,7 @@ pub(super) fn container_not_found(id: &str) -> ttrpc::Error {
 
 /// The ttrpc code containerd understands for a backend error.
 pub(super) fn backend(e: sandbox::Error) -> ttrpc::Error {
-    let code = match &e {
-        sandbox::Error::NotFound(_) => Code::NOT_FOUND,
-        sandbox::Error::NotRunning(_) => Code::FAILED_PRECONDITION,
-        sandbox::Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        sandbox::Error::Unavailable(_) => Code::UNAVAILABLE,
-        sandbox::Error::Timeout(_) => Code::DEADLINE_EXCEEDED,
-        sandbox::Error::Unsupported(_) => Code::INVALID_ARGUMENT,
-        sandbox::Error::Runtime { .. } | sandbox::Error::Io { .. } => Code::UNKNOWN,
-    };
-    status(code, e.to_string())
+    status(e.code(), e.to_string())
 }
 
 #[cfg(test)]

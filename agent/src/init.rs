@@ -1,0 +1,249 @@
+//! The agent as PID 1 of the guest: the file systems every container needs, the kernel
+//! modules of the VM's devices, the shared directory, and powering off at the end.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    ffi::CString,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use nix::mount::{mount, MsFlags};
+
+/// Settings the host gives the agent on the kernel command line (`vessel.<key>=<value>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    /// `vessel.debug=1`: debug logging.
+    pub debug: bool,
+    /// `vessel.shared_fs=virtio-9p|virtio-fs`: how the shared directory is mounted.
+    pub shared_fs: String,
+    /// `vessel.port=<name>`: the agent's virtio-serial port.
+    pub port: String,
+}
+
+impl BootParams {
+    /// Reads the `vessel.*` parameters of a kernel command line; others are ignored.
+    pub fn parse(cmdline: &str) -> Self {
+        let mut params = Self {
+            debug: false,
+            shared_fs: "virtio-9p".into(),
+            port: "agent.0".into(),
+        };
+        for word in cmdline.split_whitespace() {
+            match word.split_once('=') {
+                Some(("vessel.debug", v)) => params.debug = v == "1" || v == "true",
+                Some(("vessel.shared_fs", v)) => params.shared_fs = v.into(),
+                Some(("vessel.port", v)) => params.port = v.into(),
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+/// Where the guest mounts the shared directory (tag [`SHARED_TAG`]).
+pub const SHARED_MOUNT: &str = "/run/vessel/shared";
+/// The mount tag of the shared directory, for 9p and virtio-fs alike.
+pub const SHARED_TAG: &str = "vessel";
+
+/// Modules the guest's devices need, loaded with their dependencies.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "9pnet_virtio",
+    "9p",
+    "virtiofs",
+    "overlay",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+];
+
+fn mount_fs(kind: &str, target: &str, flags: MsFlags, data: Option<&str>) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    mount(Some(kind), target, Some(kind), flags, data)
+        .map_err(|e| std::io::Error::other(format!("mount {kind} on {target}: {e}")))
+}
+
+/// Mounts the guest's own file systems.
+pub fn mount_system() -> std::io::Result<()> {
+    let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", quiet, None)?;
+    mount_fs("sysfs", "/sys", quiet, None)?;
+    mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/tmp",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs("cgroup2", "/sys/fs/cgroup", quiet, None)?;
+    // Containers get limits only from controllers their parent enables.
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")?;
+    let enable: Vec<String> = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))?;
+    Ok(())
+}
+
+/// The modules to load for `wanted`, each after the modules it depends on, from a
+/// `modules.dep` text (`path: dependency paths...`); unknown names are skipped (built in).
+pub fn load_order(modules_dep: &str, wanted: &[&str]) -> Vec<String> {
+    let deps: BTreeMap<String, (String, Vec<String>)> = modules_dep
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(path, deps)| {
+            let deps = deps.split_whitespace().map(module_name).collect();
+            (module_name(path), (path.to_string(), deps))
+        })
+        .collect();
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    fn visit(
+        name: &str,
+        deps: &BTreeMap<String, (String, Vec<String>)>,
+        seen: &mut HashSet<String>,
+        order: &mut Vec<String>,
+    ) {
+        let Some((path, needs)) = deps.get(name) else {
+            return;
+        };
+        if !seen.insert(name.to_string()) {
+            return;
+        }
+        for need in needs {
+            visit(need, deps, seen, order);
+        }
+        order.push(path.clone());
+    }
+    for name in wanted {
+        visit(&name.replace('-', "_"), &deps, &mut seen, &mut order);
+    }
+    order
+}
+
+/// A module's name from its path: `kernel/net/9p/9pnet_virtio.ko` -> `9pnet_virtio`.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// Loads the modules the VM's devices need; one that fails is logged, not fatal.
+pub fn load_modules() {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = Path::new("/lib/modules").join(release);
+    let Ok(modules_dep) = std::fs::read_to_string(dir.join("modules.dep")) else {
+        log::warn!("no {}/modules.dep: loading no modules", dir.display());
+        return;
+    };
+    let params = CString::default();
+    for path in load_order(&modules_dep, MODULES) {
+        let file = match File::open(dir.join(&path)) {
+            Ok(file) => file,
+            Err(e) => {
+                log::warn!("module {path}: {e}");
+                continue;
+            }
+        };
+        match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::Error::EEXIST) => log::debug!("module {path} loaded"),
+            Err(e) => log::warn!("module {path}: {e}"),
+        }
+    }
+}
+
+/// Mounts the host's shared directory at [`SHARED_MOUNT`].
+pub fn mount_shared(shared_fs: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(SHARED_MOUNT)?;
+    let (kind, data) = match shared_fs {
+        "virtio-fs" => ("virtiofs", None),
+        _ => (
+            "9p",
+            Some("trans=virtio,version=9p2000.L,msize=262144,cache=mmap"),
+        ),
+    };
+    mount(
+        Some(SHARED_TAG),
+        SHARED_MOUNT,
+        Some(kind),
+        MsFlags::empty(),
+        data,
+    )
+    .map_err(|e| {
+        std::io::Error::other(format!("mount {kind} {SHARED_TAG} on {SHARED_MOUNT}: {e}"))
+    })?;
+    Ok(PathBuf::from(SHARED_MOUNT))
+}
+
+/// Ends the VM: file systems synced, the shared directory unmounted, power off (PID 1 must
+/// never exit: that is a kernel panic).
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::mount::umount2(SHARED_MOUNT, nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Without ACPI power off, a reboot ends QEMU run with -no-reboot.
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_params_come_from_the_kernel_command_line() {
+        let params = BootParams::parse(
+            "quiet console=ttyS0 vessel.debug=1 vessel.port=agent.1 vessel.shared_fs=virtio-fs",
+        );
+        assert_eq!(
+            params,
+            BootParams {
+                debug: true,
+                shared_fs: "virtio-fs".into(),
+                port: "agent.1".into()
+            }
+        );
+        assert_eq!(BootParams::parse("quiet").port, "agent.0");
+    }
+
+    #[test]
+    fn modules_load_after_their_dependencies_once() {
+        let dep = "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko\n\
+                   kernel/net/9p/9pnet.ko: kernel/net/netfs.ko\n\
+                   kernel/net/netfs.ko:\n\
+                   kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/net/netfs.ko\n";
+        let order = load_order(dep, &["9pnet_virtio", "9p", "virtio_pci"]);
+        assert_eq!(
+            order,
+            [
+                "kernel/net/netfs.ko",
+                "kernel/net/9p/9pnet.ko",
+                "kernel/net/9p/9pnet_virtio.ko",
+                "kernel/fs/9p/9p.ko"
+            ]
+        );
+    }
+}

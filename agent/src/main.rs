@@ -1,0 +1,165 @@
+//! `vessel-agent`: PID 1 of a vessel sandbox VM. It sets the guest up, then serves
+//! `protos/agent.proto` over ttrpc on its virtio-serial port, in front of the `linux` sandbox
+//! backend driving an OCI runtime (crun) inside the guest. Started by hand (`--listen`), it is
+//! a plain host process serving a unix socket: the same service, tested without a VM.
+
+mod error;
+mod init;
+mod paths;
+mod processes;
+mod reaper;
+mod service;
+mod spec;
+mod transport;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser;
+use tokio::sync::Notify;
+use vessel::{protos::agent_ttrpc, sandbox::linux::LinuxSandbox};
+
+/// The agent as a host process.
+#[derive(Parser, Debug)]
+#[command(
+    name = "vessel-agent",
+    about = "vessel's guest agent (PID 1 of a sandbox VM)"
+)]
+struct Args {
+    /// Serve on this unix socket (the agent as a host process).
+    #[arg(long)]
+    listen: PathBuf,
+    /// The shared directory: containers' root file systems and volumes.
+    #[arg(long)]
+    shared_dir: PathBuf,
+    /// The agent's own state: bundles and the OCI runtime's state.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The OCI runtime binary.
+    #[arg(long, default_value = "crun")]
+    runtime: String,
+    /// Log at debug level.
+    #[arg(long)]
+    debug: bool,
+}
+
+/// Where the agent serves, and what it works with.
+struct Settings {
+    channel: Channel,
+    shared_dir: PathBuf,
+    state_dir: PathBuf,
+    runtime: String,
+}
+
+enum Channel {
+    Unix(PathBuf),
+    Serial(String),
+}
+
+/// How long the agent lets its last replies (DestroySandbox's) go out before it stops.
+const LAST_REPLIES: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let pid1 = std::process::id() == 1;
+    let settings = if pid1 {
+        guest_settings()
+    } else {
+        host_settings()
+    };
+    let served = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(serve(settings, pid1)));
+    if let Err(e) = &served {
+        log::error!("vessel-agent: {e}");
+        eprintln!("vessel-agent: {e}");
+    }
+    if pid1 {
+        init::power_off();
+    }
+    if served.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// PID 1: the guest's file systems and modules, the settings from the kernel command line.
+fn guest_settings() -> Settings {
+    let mounted = init::mount_system();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = init::BootParams::parse(&cmdline);
+    let _ = vessel::logging::init(params.debug, ("guest", "agent"));
+    if let Err(e) = mounted {
+        log::error!("guest file systems: {e}");
+    }
+    init::load_modules();
+    let shared_dir = init::mount_shared(&params.shared_fs).unwrap_or_else(|e| {
+        log::error!("shared directory: {e}");
+        PathBuf::from(init::SHARED_MOUNT)
+    });
+    Settings {
+        channel: Channel::Serial(params.port),
+        shared_dir,
+        state_dir: PathBuf::from("/run/vessel/agent"),
+        runtime: "/usr/bin/crun".into(),
+    }
+}
+
+fn host_settings() -> Settings {
+    let args = Args::parse();
+    let _ = vessel::logging::init(args.debug, ("host", "agent"));
+    Settings {
+        channel: Channel::Unix(args.listen),
+        shared_dir: args.shared_dir,
+        state_dir: args.state_dir,
+        runtime: args.runtime,
+    }
+}
+
+async fn serve(settings: Settings, pid1: bool) -> Result<(), String> {
+    reaper::start().map_err(|e| format!("reaper: {e}"))?;
+    if !pid1 {
+        // Container processes are reparented to the agent, as they are to PID 1 in a guest.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
+    }
+    let shared = paths::SharedDir::new(&settings.shared_dir)
+        .map_err(|e| format!("shared directory {}: {e}", settings.shared_dir.display()))?;
+    let sandbox = LinuxSandbox::new(&settings.runtime, &settings.state_dir.join("sandbox"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let destroyed = Arc::new(Notify::new());
+    let service = service::AgentService::new(
+        Arc::new(sandbox),
+        shared,
+        settings.state_dir.join("bundles"),
+        destroyed.clone(),
+    );
+    let listener = match &settings.channel {
+        Channel::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            ttrpc::r#async::transport::Listener::bind(format!("unix://{}", path.display()))
+                .map_err(|e| format!("listen on {}: {e}", path.display()))?
+        }
+        Channel::Serial(name) => {
+            let port = transport::find_port(name).map_err(|e| e.to_string())?;
+            transport::serial_listener(port)
+        }
+    };
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(listener)
+        .register_service(agent_ttrpc::create_agent(service));
+    server.start().await.map_err(|e| format!("serve: {e}"))?;
+    log::info!("vessel-agent {} serving", env!("CARGO_PKG_VERSION"));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = destroyed.notified() => {}
+        _ = terminate.recv(), if !pid1 => log::info!("terminated"),
+    }
+    let _ = tokio::time::timeout(LAST_REPLIES, server.shutdown()).await;
+    if let Channel::Unix(path) = &settings.channel {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! A container's OCI spec, made fit for the guest: its root and bind mount sources resolved in
+//! the shared directory, the pod's namespaces joined in the guest, and what names host objects
+//! (hooks, security labels, the host's cgroup path) left out.
+
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Mount, Process, RootBuilder, Spec};
+
+use crate::{error::Refused, paths::SharedDir};
+
+/// Parses the request's JSON `document` (its `field`) as `T`, naming the document's field that
+/// is wrong.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    field: &'static str,
+    document: &[u8],
+) -> Result<T, Refused> {
+    let mut json = serde_json::Deserializer::from_slice(document);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| Refused::Malformed {
+        field,
+        message: format!("{}: {}", e.path(), e.inner()),
+    })
+}
+
+/// Parses a container's spec: the request's `spec_json`.
+pub fn parse_spec(document: &[u8]) -> Result<Spec, Refused> {
+    vessel::oci::parse_spec(document).map_err(|e| Refused::Malformed {
+        field: "spec_json",
+        message: e.to_string(),
+    })
+}
+
+/// Parses an exec's process: the request's `process_json`.
+pub fn parse_process(document: &[u8]) -> Result<Process, Refused> {
+    parse("process_json", document)
+}
+
+/// Whether `mount` binds a path (its source is a path, not a file system's name).
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Rewrites `spec` for the guest:
+/// - its root is `rootfs`, resolved in the shared directory;
+/// - each bind mount's source is resolved in the shared directory (other mounts name file
+///   systems the guest makes: proc, tmpfs, ...);
+/// - the network namespace goes (the pod shares the VM's network); a namespace the host
+///   spec joins by path joins the pod's first container's instead (`pod_pid`), or a new one
+///   for the pod's first container itself;
+/// - hooks, AppArmor and SELinux labels go (they name host programs and host policy), and
+///   the cgroup is `/vessel/<id>` in the guest's hierarchy.
+pub fn for_guest(
+    mut spec: Spec,
+    id: &str,
+    shared: &SharedDir,
+    rootfs: &str,
+    pod_pid: Option<u32>,
+) -> Result<Spec, Refused> {
+    let root = shared.resolve("rootfs", rootfs)?;
+    let readonly = spec.root().as_ref().and_then(|r| r.readonly());
+    let root = RootBuilder::default()
+        .path(root)
+        .readonly(readonly.unwrap_or(false))
+        .build()
+        .map_err(|e| Refused::Malformed {
+            field: "rootfs",
+            message: e.to_string(),
+        })?;
+    spec.set_root(Some(root));
+
+    if let Some(mounts) = spec.mounts_mut() {
+        for (i, mount) in mounts.iter_mut().enumerate() {
+            if !is_bind(mount) {
+                continue;
+            }
+            let field = format!("spec_json: mounts[{i}].source");
+            let source = mount
+                .source()
+                .as_ref()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let resolved = shared.resolve(&field, &source)?;
+            mount.set_source(Some(resolved));
+        }
+    }
+
+    spec.set_hooks(None);
+    if let Some(process) = spec.process_mut() {
+        process.set_apparmor_profile(None);
+        process.set_selinux_label(None);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_mount_label(None);
+        linux.set_cgroups_path(Some(Path::new("/vessel").join(id)));
+        if let Some(namespaces) = linux.namespaces_mut() {
+            namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+            for ns in namespaces.iter_mut() {
+                join_pod(ns, pod_pid);
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// Points a namespace the host spec joins by path at the pod's first container's namespace
+/// of that kind, or makes it a new one when there is no pod yet.
+fn join_pod(ns: &mut LinuxNamespace, pod_pid: Option<u32>) {
+    if ns.path().is_none() {
+        return;
+    }
+    let name = match ns.typ() {
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Time => "time",
+        LinuxNamespaceType::Network => "net",
+    };
+    ns.set_path(pod_pid.map(|pid| {
+        Path::new("/proc")
+            .join(pid.to_string())
+            .join("ns")
+            .join(name)
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "/host/bundle/rootfs", "readonly": true},
+            "process": {"cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0},
+                        "apparmorProfile": "cri-containerd.apparmor.d"},
+            "hooks": {"prestart": [{"path": "/usr/bin/host-hook"}]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "c1/hosts",
+                 "options": ["rbind", "ro"]}
+            ],
+            "linux": {
+                "cgroupsPath": "kubepods-besteffort.slice:cri-containerd:c1",
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "network", "path": "/var/run/netns/cni-1"},
+                    {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+                    {"type": "mount"}
+                ]
+            }
+        })
+    }
+
+    fn shared() -> (tempfile::TempDir, SharedDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("c1/rootfs")).unwrap();
+        std::fs::write(dir.path().join("c1/hosts"), "127.0.0.1 localhost\n").unwrap();
+        let shared = SharedDir::new(dir.path()).unwrap();
+        (dir, shared)
+    }
+
+    #[test]
+    fn root_and_bind_sources_move_into_the_shared_directory() {
+        let (dir, shared) = shared();
+        let guest = for_guest(spec(base()), "c1", &shared, "c1/rootfs", None).unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            guest.root().as_ref().unwrap().path(),
+            &root.join("c1/rootfs")
+        );
+        assert_eq!(guest.root().as_ref().unwrap().readonly(), Some(true));
+        let mounts = guest.mounts().as_ref().unwrap();
+        assert_eq!(mounts[0].source().as_deref(), Some(Path::new("proc")));
+        assert_eq!(
+            mounts[1].source().as_deref(),
+            Some(root.join("c1/hosts").as_path())
+        );
+    }
+
+    #[test]
+    fn host_objects_are_left_out() {
+        let (_dir, shared) = shared();
+        let guest = for_guest(spec(base()), "c1", &shared, "c1/rootfs", None).unwrap();
+        assert!(guest.hooks().is_none());
+        assert!(guest
+            .process()
+            .as_ref()
+            .unwrap()
+            .apparmor_profile()
+            .is_none());
+        let linux = guest.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/vessel/c1"))
+        );
+        let kinds: Vec<_> = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|n| n.typ())
+            .collect();
+        assert!(!kinds.contains(&LinuxNamespaceType::Network), "{kinds:?}");
+    }
+
+    #[test]
+    fn namespaces_joined_by_path_join_the_pods_first_container() {
+        let (_dir, shared) = shared();
+        let ipc = |guest: &Spec| {
+            guest
+                .linux()
+                .as_ref()
+                .unwrap()
+                .namespaces()
+                .iter()
+                .flatten()
+                .find(|n| n.typ() == LinuxNamespaceType::Ipc)
+                .and_then(|n| n.path().clone())
+        };
+        let first = for_guest(spec(base()), "c1", &shared, "c1/rootfs", None).unwrap();
+        assert_eq!(ipc(&first), None, "the pod's first container makes its own");
+        let second = for_guest(spec(base()), "c2", &shared, "c1/rootfs", Some(17)).unwrap();
+        assert_eq!(ipc(&second).as_deref(), Some(Path::new("/proc/17/ns/ipc")));
+    }
+
+    #[test]
+    fn a_bind_source_outside_the_shared_directory_is_refused() {
+        let (_dir, shared) = shared();
+        let mut json = base();
+        json["mounts"][1]["source"] = "/etc/passwd".into();
+        let message = for_guest(spec(json), "c1", &shared, "c1/rootfs", None)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("mounts[1].source"), "{message}");
+        assert!(message.contains("absolute"), "{message}");
+        let message = for_guest(spec(base()), "c1", &shared, "../c1/rootfs", None)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("rootfs"), "{message}");
+    }
+
+    #[test]
+    fn a_malformed_process_names_its_field() {
+        let message = parse_process(br#"{"cwd": "/", "args": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("process_json: args"), "{message}");
+        let message = parse_spec(b"{not json").unwrap_err().to_string();
+        assert!(message.starts_with("spec_json"), "{message}");
+    }
+}
