@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 use ttrpc::r#async::TtrpcContext;
 use vessel::{
-    oci::{self, RuntimeConfig},
+    oci::{self, RuntimeConfig, SharedFs},
     protos::{
         agent::{self as api, container_stats_response::Metrics},
         agent_ttrpc, PROTOCOL_VERSION,
@@ -143,7 +143,7 @@ impl AgentService {
             let mut pod_spec = guest_spec.clone();
             // The host applied the pod's annotations; the guest has no policy for them.
             pod_spec.set_annotations(None);
-            let pod = oci::sandbox_config(&pod_spec, &RuntimeConfig::default(), &bundle, id)
+            let pod = oci::sandbox_config(&pod_spec, &guest_runtime(), &bundle, id)
                 .map_err(|e| Refused::Malformed {
                     field: "spec_json",
                     message: e.to_string(),
@@ -267,6 +267,14 @@ impl AgentService {
         nix::unistd::sync();
         Ok(())
     }
+}
+
+/// The runtime settings of the guest side: the host chose the VM's, so only the shared file
+/// system (which the guest mounted already) must be one the conversion accepts as it is.
+fn guest_runtime() -> RuntimeConfig {
+    let mut runtime = RuntimeConfig::default();
+    runtime.hypervisor_config.shared_fs = SharedFs::Virtio9p;
+    runtime
 }
 
 /// Writes the guest's bundle: its config.json.

@@ -8,9 +8,11 @@
 //! `registry.k8s.io/pause:3.6` are imported into the `default` and `k8s.io`
 //! namespaces; containerd finds `containerd-shim-vessel-v2` on its PATH.
 //!
-//! `ctr` helpers are in [`ctr`], CRI client helpers in [`cri`].
+//! `ctr` helpers are in [`ctr`], CRI client helpers in [`cri`], the guest agent's protocol in
+//! [`agent`].
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod cri;
 pub mod ctr;
 
