@@ -3,7 +3,10 @@
 #   make deps      install system packages (Debian bookworm), idempotent
 #   make deps-vm   QEMU from bookworm-backports
 #   make build     release build of containerd-shim-vessel-v2
-#   make install   shim into $(PREFIX)/bin, configuration.toml into /etc/vessel
+#   make agent     release build of vessel-agent (static), the guest's PID 1
+#   make guest     the guest image: kernel and initramfs into build/guest (cached)
+#   make install   shim into $(PREFIX)/bin, configuration.toml into /etc/vessel, the guest
+#                  image into /usr/share/vessel
 #   make images    offline test images into build/images
 #   make test      unit tests, then integration tests against a private containerd
 #   make demo      run busybox under vessel in a throw-away private containerd
@@ -34,7 +37,11 @@ TARGET_DIR := $(REPO)/target
 endif
 DEBUG_DIR := $(TARGET_DIR)/debug
 RELEASE_DIR := $(TARGET_DIR)/$(TARGET)/release
-RELEASE_BUILD = RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) --bin $(SHIM)
+STATIC_BUILD = RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET)
+RELEASE_BUILD = $(STATIC_BUILD) --bin $(SHIM)
+AGENT := $(RELEASE_DIR)/vessel-agent
+GUEST_DIR = $(BUILD_DIR)/guest
+SHARE_DIR := $(DESTDIR)/usr/share/vessel
 BUILD_DIR := $(REPO)/build
 IMAGES_DIR ?= $(BUILD_DIR)/images
 CONTAINERD_SH := $(REPO)/scripts/containerd.sh
@@ -45,7 +52,7 @@ TEST_THREADS ?= 2
 INTEGRATION_TESTS ?= $(wildcard $(REPO)/tests/*.rs)
 export IMAGES_DIR
 
-.PHONY: deps deps-vm build install images test unit-test integration-test \
+.PHONY: deps deps-vm build agent guest install images test unit-test integration-test \
         demo bench fmt lint clean containerd-start containerd-stop
 
 deps:
@@ -57,9 +64,21 @@ deps-vm: deps
 build:
 	$(RELEASE_BUILD)
 
-install: build
+agent:
+	$(STATIC_BUILD) -p vessel-agent
+
+# Rebuilt only when the agent, the script or the installed kernel changed.
+guest: deps-vm agent
+	@$(MAKE) --no-print-directory $(GUEST_DIR)/initramfs.cpio
+
+$(GUEST_DIR)/initramfs.cpio: $(AGENT) $(REPO)/scripts/build-guest.sh $(wildcard /boot/vmlinuz-*)
+	$(REPO)/scripts/build-guest.sh $(GUEST_DIR) $(AGENT)
+
+install: build guest
 	install -D -m 0755 $(RELEASE_DIR)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 	install -D -m 0644 $(REPO)/config/configuration.toml $(DESTDIR)/etc/vessel/configuration.toml
+	install -D -m 0644 $(GUEST_DIR)/vmlinux $(SHARE_DIR)/vmlinux
+	install -D -m 0644 $(GUEST_DIR)/initramfs.cpio $(SHARE_DIR)/initramfs.img
 
 images:
 	$(REPO)/scripts/build-images.sh $(IMAGES_DIR)

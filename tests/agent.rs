@@ -68,14 +68,20 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
         if let Some(status) = agent.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the agent did not stop after DestroySandbox");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop after DestroySandbox"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket left behind");
     assert!(!state.join("sandbox").exists(), "runtime state left behind");
     for id in ["echo", "long"] {
-        assert!(!state.join("bundles").join(id).exists(), "bundle of {id} left behind");
+        assert!(
+            !state.join("bundles").join(id).exists(),
+            "bundle of {id} left behind"
+        );
         assert!(
             !Path::new("/sys/fs/cgroup/pids/vessel").join(id).exists()
                 && !Path::new("/sys/fs/cgroup/vessel").join(id).exists(),

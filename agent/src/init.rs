@@ -46,22 +46,44 @@ pub const SHARED_MOUNT: &str = "/run/vessel/shared";
 /// The mount tag of the shared directory, for 9p and virtio-fs alike.
 pub const SHARED_TAG: &str = "vessel";
 
-/// Modules the guest's devices need, loaded with their dependencies.
-const MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_console",
-    "9pnet_virtio",
-    "9p",
-    "virtiofs",
-    "overlay",
-    "virtio_net",
-    "vmw_vsock_virtio_transport",
-];
-
 fn mount_fs(kind: &str, target: &str, flags: MsFlags, data: Option<&str>) -> std::io::Result<()> {
     std::fs::create_dir_all(target)?;
     mount(Some(kind), target, Some(kind), flags, data)
         .map_err(|e| std::io::Error::other(format!("mount {kind} on {target}: {e}")))
+}
+
+/// The directories of the initramfs the agent keeps using (binaries, libraries, modules).
+const IMAGE_DIRS: &[&str] = &["bin", "etc", "lib", "lib64", "usr"];
+
+/// Moves the agent's root off the initramfs onto a tmpfs that binds the image's directories:
+/// the kernel refuses `pivot_root` away from the initial ramfs, and the OCI runtime
+/// pivot_roots into every container.
+pub fn leave_initramfs() -> std::io::Result<()> {
+    let new_root = "/vessel-root";
+    mount_fs("tmpfs", new_root, MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    for dir in IMAGE_DIRS {
+        let source = Path::new("/").join(dir);
+        if !source.exists() {
+            continue;
+        }
+        let target = Path::new(new_root).join(dir);
+        std::fs::create_dir_all(&target)?;
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            std::io::Error::other(format!("bind {} into the new root: {e}", source.display()))
+        })?;
+    }
+    std::env::set_current_dir(new_root)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| std::io::Error::other(format!("move the new root to /: {e}")))?;
+    nix::unistd::chroot(".").map_err(|e| std::io::Error::other(format!("chroot: {e}")))?;
+    std::env::set_current_dir("/")
 }
 
 /// Mounts the guest's own file systems.
@@ -105,9 +127,9 @@ pub fn mount_system() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The modules to load for `wanted`, each after the modules it depends on, from a
-/// `modules.dep` text (`path: dependency paths...`); unknown names are skipped (built in).
-pub fn load_order(modules_dep: &str, wanted: &[&str]) -> Vec<String> {
+/// Every module of a `modules.dep` text (`path: dependency paths...`), each after the modules
+/// it depends on, once. The guest image decides which modules there are (`make guest`).
+pub fn load_order(modules_dep: &str) -> Vec<String> {
     let deps: BTreeMap<String, (String, Vec<String>)> = modules_dep
         .lines()
         .filter_map(|line| line.split_once(':'))
@@ -135,8 +157,8 @@ pub fn load_order(modules_dep: &str, wanted: &[&str]) -> Vec<String> {
         }
         order.push(path.clone());
     }
-    for name in wanted {
-        visit(&name.replace('-', "_"), &deps, &mut seen, &mut order);
+    for name in deps.keys() {
+        visit(name, &deps, &mut seen, &mut order);
     }
     order
 }
@@ -147,7 +169,8 @@ fn module_name(path: &str) -> String {
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
-/// Loads the modules the VM's devices need; one that fails is logged, not fatal.
+/// Loads the image's modules (the VM's devices, its file systems); one that fails is logged,
+/// not fatal.
 pub fn load_modules() {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -158,7 +181,7 @@ pub fn load_modules() {
         return;
     };
     let params = CString::default();
-    for path in load_order(&modules_dep, MODULES) {
+    for path in load_order(&modules_dep) {
         let file = match File::open(dir.join(&path)) {
             Ok(file) => file,
             Err(e) => {
@@ -231,18 +254,18 @@ mod tests {
 
     #[test]
     fn modules_load_after_their_dependencies_once() {
+        // virtio_ring has no line of its own: built in, nothing to load.
         let dep = "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko\n\
-                   kernel/net/9p/9pnet.ko: kernel/net/netfs.ko\n\
-                   kernel/net/netfs.ko:\n\
-                   kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/net/netfs.ko\n";
-        let order = load_order(dep, &["9pnet_virtio", "9p", "virtio_pci"]);
+                   kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n\
+                   kernel/net/9p/9pnet.ko: kernel/fs/netfs/netfs.ko\n\
+                   kernel/fs/netfs/netfs.ko:\n";
         assert_eq!(
-            order,
+            load_order(dep),
             [
-                "kernel/net/netfs.ko",
+                "kernel/fs/netfs/netfs.ko",
                 "kernel/net/9p/9pnet.ko",
-                "kernel/net/9p/9pnet_virtio.ko",
-                "kernel/fs/9p/9p.ko"
+                "kernel/fs/9p/9p.ko",
+                "kernel/net/9p/9pnet_virtio.ko"
             ]
         );
     }

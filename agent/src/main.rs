@@ -86,7 +86,9 @@ fn main() -> ExitCode {
 
 /// PID 1: the guest's file systems and modules, the settings from the kernel command line.
 fn guest_settings() -> Settings {
-    let mounted = init::mount_system();
+    // The kernel starts init without a PATH; the OCI runtime client looks binaries up in it.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let mounted = init::leave_initramfs().and_then(|()| init::mount_system());
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = init::BootParams::parse(&cmdline);
     let _ = vessel::logging::init(params.debug, ("guest", "agent"));

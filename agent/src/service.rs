@@ -143,10 +143,12 @@ impl AgentService {
             let mut pod_spec = guest_spec.clone();
             // The host applied the pod's annotations; the guest has no policy for them.
             pod_spec.set_annotations(None);
-            let pod = oci::sandbox_config(&pod_spec, &guest_runtime(), &bundle, id)
-                .map_err(|e| Refused::Malformed {
-                    field: "spec_json",
-                    message: e.to_string(),
+            let pod =
+                oci::sandbox_config(&pod_spec, &guest_runtime(), &bundle, id).map_err(|e| {
+                    Refused::Malformed {
+                        field: "spec_json",
+                        message: e.to_string(),
+                    }
                 })?;
             self.sandbox.start(&pod).await?;
             started.0 = true;

@@ -125,7 +125,7 @@ impl Default for QemuSection {
     fn default() -> Self {
         Self {
             path: "/usr/bin/qemu-system-x86_64".to_owned(),
-            kernel: "/usr/share/vessel/vmlinuz".to_owned(),
+            kernel: "/usr/share/vessel/vmlinux".to_owned(),
             initrd: "/usr/share/vessel/initramfs.img".to_owned(),
             image: String::new(),
             firmware: String::new(),
@@ -163,7 +163,7 @@ impl Default for QemuSection {
             guest_hook_path: String::new(),
             enable_annotations: Vec::new(),
             valid_hypervisor_paths: strings(&["/usr/bin/qemu-system-x86_64"]),
-            valid_kernel_paths: strings(&["/usr/share/vessel/vmlinuz*"]),
+            valid_kernel_paths: strings(&["/usr/share/vessel/vmlinu*"]),
             valid_image_paths: strings(&["/usr/share/vessel/*.img"]),
             valid_initrd_paths: strings(&["/usr/share/vessel/initramfs*.img"]),
             valid_firmware_paths: Vec::new(),

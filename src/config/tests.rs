@@ -46,7 +46,7 @@ fn defaults() {
     assert_eq!(c.runtime.sandbox_backend, SandboxBackend::Linux);
     assert_eq!(c.runtime.oci_runtime, "runc");
     assert!(!c.runtime.enable_debug);
-    assert_eq!(c.hypervisor.qemu.kernel, "/usr/share/vessel/vmlinuz");
+    assert_eq!(c.hypervisor.qemu.kernel, "/usr/share/vessel/vmlinux");
     assert_eq!(c.hypervisor.qemu.initrd, "/usr/share/vessel/initramfs.img");
     assert!(c.hypervisor.qemu.enable_annotations.is_empty());
     let rt = c.runtime_config().unwrap_or_else(|e| panic!("{e}"));

@@ -16,7 +16,10 @@ use vessel::protos::{
 /// The agent binary cargo built beside the test (target/<profile>/vessel-agent).
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let agent = profile_dir.join("vessel-agent");
     assert!(
         agent.exists(),
@@ -215,31 +218,72 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
 
     // A container's output, both streams, and its exit code.
     let script = "echo hello from the guest; echo oops >&2; exit 3";
-    let started = create(client, "echo", spec(&["sh", "-c", script], false), &rootfs, stdio(false, false))
-        .await
-        .expect("create echo");
+    let started = create(
+        client,
+        "echo",
+        spec(&["sh", "-c", script], false),
+        &rootfs,
+        stdio(false, false),
+    )
+    .await
+    .expect("create echo");
     assert!(started.pid > 0);
-    client.start_container(ctx(), &container("echo")).await.expect("start echo");
-    assert_eq!(read_all(client, "echo", "", false).await, "hello from the guest\n");
+    client
+        .start_container(ctx(), &container("echo"))
+        .await
+        .expect("start echo");
+    assert_eq!(
+        read_all(client, "echo", "", false).await,
+        "hello from the guest\n"
+    );
     assert_eq!(read_all(client, "echo", "", true).await, "oops\n");
     assert_eq!(wait(client, "echo", "").await, 3);
-    client.remove_container(ctx(), &container("echo")).await.expect("remove echo");
+    client
+        .remove_container(ctx(), &container("echo"))
+        .await
+        .expect("remove echo");
 
     // A long container, and execs into it.
-    create(client, "long", spec(&["sleep", "1000"], false), &rootfs, stdio(false, false))
+    create(
+        client,
+        "long",
+        spec(&["sleep", "1000"], false),
+        &rootfs,
+        stdio(false, false),
+    )
+    .await
+    .expect("create long");
+    client
+        .start_container(ctx(), &container("long"))
         .await
-        .expect("create long");
-    client.start_container(ctx(), &container("long")).await.expect("start long");
+        .expect("start long");
 
-    exec(client, "long", "plain", &["sh", "-c", "echo exec says hi; hostname"], false, false)
-        .await
-        .expect("exec plain");
-    assert_eq!(read_all(client, "long", "plain", false).await, "exec says hi\nvessel-guest\n");
+    exec(
+        client,
+        "long",
+        "plain",
+        &["sh", "-c", "echo exec says hi; hostname"],
+        false,
+        false,
+    )
+    .await
+    .expect("exec plain");
+    assert_eq!(
+        read_all(client, "long", "plain", false).await,
+        "exec says hi\nvessel-guest\n"
+    );
     assert_eq!(wait(client, "long", "plain").await, 0);
 
-    exec(client, "long", "tty", &["sh", "-c", "tty; echo in a terminal"], false, true)
-        .await
-        .expect("exec tty");
+    exec(
+        client,
+        "long",
+        "tty",
+        &["sh", "-c", "tty; echo in a terminal"],
+        false,
+        true,
+    )
+    .await
+    .expect("exec tty");
     let resize = api::ResizeTerminalRequest {
         container_id: "long".into(),
         exec_id: "tty".into(),
@@ -256,7 +300,9 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
     assert!(out.contains("in a terminal"), "{out:?}");
     assert_eq!(wait(client, "long", "tty").await, 0);
 
-    exec(client, "long", "stdin", &["cat"], true, false).await.expect("exec cat");
+    exec(client, "long", "stdin", &["cat"], true, false)
+        .await
+        .expect("exec cat");
     let write = api::WriteStreamRequest {
         container_id: "long".into(),
         exec_id: "stdin".into(),
@@ -264,16 +310,31 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
         ..Default::default()
     };
     assert_eq!(client.write_stdin(ctx(), &write).await.unwrap().written, 19);
-    client.close_stdin(ctx(), &process_req("long", "stdin")).await.expect("close stdin");
-    assert_eq!(read_all(client, "long", "stdin", false).await, "ping through stdin\n");
+    client
+        .close_stdin(ctx(), &process_req("long", "stdin"))
+        .await
+        .expect("close stdin");
+    assert_eq!(
+        read_all(client, "long", "stdin", false).await,
+        "ping through stdin\n"
+    );
     assert_eq!(wait(client, "long", "stdin").await, 0);
     for exec_id in ["plain", "tty", "stdin"] {
-        client.remove_process(ctx(), &process_req("long", exec_id)).await.expect("remove exec");
+        client
+            .remove_process(ctx(), &process_req("long", exec_id))
+            .await
+            .expect("remove exec");
     }
 
     // Processes, stats, limits, freezing.
-    exec(client, "long", "sleeper", &["sleep", "1000"], false, false).await.expect("exec sleeper");
-    let listed = client.list_processes(ctx(), &container("long")).await.unwrap().processes;
+    exec(client, "long", "sleeper", &["sleep", "1000"], false, false)
+        .await
+        .expect("exec sleeper");
+    let listed = client
+        .list_processes(ctx(), &container("long"))
+        .await
+        .unwrap()
+        .processes;
     assert!(listed.len() >= 2, "{listed:?}");
     assert!(listed.iter().any(|p| p.exec_id == "sleeper"), "{listed:?}");
     let update = api::UpdateContainerRequest {
@@ -281,8 +342,14 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
         resources_json: br#"{"pids": {"limit": 50}}"#.to_vec(),
         ..Default::default()
     };
-    client.update_container(ctx(), &update).await.expect("update");
-    let stats = client.container_stats(ctx(), &container("long")).await.expect("stats");
+    client
+        .update_container(ctx(), &update)
+        .await
+        .expect("update");
+    let stats = client
+        .container_stats(ctx(), &container("long"))
+        .await
+        .expect("stats");
     // cgroup v2 in the guest; v1 or v2 as the host mounts them for an agent on the host.
     let (limit, current) = match stats.metrics {
         Some(Metrics::CgroupV2(bytes)) => {
@@ -299,8 +366,14 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
     };
     assert_eq!(limit, 50, "the update applied");
     assert!(current >= 2, "sleep and its exec: {current}");
-    client.pause_container(ctx(), &container("long")).await.expect("pause");
-    client.resume_container(ctx(), &container("long")).await.expect("resume");
+    client
+        .pause_container(ctx(), &container("long"))
+        .await
+        .expect("pause");
+    client
+        .resume_container(ctx(), &container("long"))
+        .await
+        .expect("resume");
 
     // Signals: the exec, then the container.
     let kill = |exec_id: &str, signal| api::SignalProcessRequest {
@@ -309,29 +382,74 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
         signal,
         ..Default::default()
     };
-    client.signal_process(ctx(), &kill("sleeper", 15)).await.expect("signal exec");
+    client
+        .signal_process(ctx(), &kill("sleeper", 15))
+        .await
+        .expect("signal exec");
     assert_eq!(wait(client, "long", "sleeper").await, 128 + 15);
-    client.signal_process(ctx(), &kill("", 9)).await.expect("signal init");
+    client
+        .signal_process(ctx(), &kill("", 9))
+        .await
+        .expect("signal init");
     assert_eq!(wait(client, "long", "").await, 128 + 9);
 
     // Bad requests get errors, and the agent keeps serving.
     let (c, message) = code(client.start_container(ctx(), &container("nope")).await);
     assert_eq!(c, ttrpc::Code::NOT_FOUND, "{message}");
-    let (c, message) = code(create(client, "bad", b"{\"process\": 3".to_vec(), &rootfs, stdio(false, false)).await);
+    let (c, message) = code(
+        create(
+            client,
+            "bad",
+            b"{\"process\": 3".to_vec(),
+            &rootfs,
+            stdio(false, false),
+        )
+        .await,
+    );
     assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT, "{message}");
     assert!(message.contains("spec_json"), "{message}");
-    let (c, message) = code(create(client, "bad", spec(&["true"], false), "../pod/rootfs", stdio(false, false)).await);
+    let (c, message) = code(
+        create(
+            client,
+            "bad",
+            spec(&["true"], false),
+            "../pod/rootfs",
+            stdio(false, false),
+        )
+        .await,
+    );
     assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT, "{message}");
     assert!(message.contains("`..`"), "{message}");
-    let (c, message) = code(create(client, "../evil", spec(&["true"], false), &rootfs, stdio(false, false)).await);
+    let (c, message) = code(
+        create(
+            client,
+            "../evil",
+            spec(&["true"], false),
+            &rootfs,
+            stdio(false, false),
+        )
+        .await,
+    );
     assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT, "{message}");
-    let (c, message) = code(create(client, "long", spec(&["true"], false), &rootfs, stdio(false, false)).await);
+    let (c, message) = code(
+        create(
+            client,
+            "long",
+            spec(&["true"], false),
+            &rootfs,
+            stdio(false, false),
+        )
+        .await,
+    );
     assert_eq!(c, ttrpc::Code::ALREADY_EXISTS, "{message}");
     let (c, message) = code(exec(client, "nope", "x", &["true"], false, false).await);
     assert_eq!(c, ttrpc::Code::NOT_FOUND, "{message}");
     assert!(healthy(client).await, "the agent serves after bad requests");
 
-    client.remove_container(ctx(), &container("long")).await.expect("remove long");
+    client
+        .remove_container(ctx(), &container("long"))
+        .await
+        .expect("remove long");
     let (c, _) = code(client.remove_container(ctx(), &container("long")).await);
     assert_eq!(c, ttrpc::Code::NOT_FOUND);
 }

@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod cri;
 pub mod ctr;
+pub mod guest;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds vessel's guest image from Debian packages only, offline and reproducibly:
+#
+#   OUT/vmlinux          the kernel of linux-image-amd64, uncompressed (its PVH entry boots
+#                        without unpacking xz under emulation)
+#   OUT/initramfs.cpio   uncompressed newc cpio, sorted, every mtime 0:
+#                          /init                 vessel-agent (static)
+#                          /usr/bin/crun         and the shared libraries it links
+#                          /bin/busybox          for debugging (rdinit=/bin/busybox)
+#                          /lib/modules/<kver>/  the VM's device and file system modules,
+#                                                with their own modules.dep
+#   OUT/kernel-release   the kernel's release
+#
+#   scripts/build-guest.sh OUT AGENT   (make guest; AGENT: the release vessel-agent)
+set -euo pipefail
+
+OUT=${1:?usage: build-guest.sh OUT AGENT}
+AGENT=${2:?usage: build-guest.sh OUT AGENT}
+# What the agent loads at boot (it loads every module of the image's modules.dep), with
+# their dependencies: PCI transport, the agent's serial port, the shared directory (9p or
+# virtio-fs), overlay, networking, vsock, entropy.
+MODULES=(virtio_pci virtio_console 9pnet_virtio 9p virtiofs overlay virtio_net
+    vmw_vsock_virtio_transport virtio_rng)
+
+log() { echo "build-guest: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+[ -x "$AGENT" ] || die "no agent binary at $AGENT"
+file_type=$(od -An -c -N4 "$AGENT" | tr -d ' ')
+[ "$file_type" = '177ELF' ] || die "$AGENT is not an ELF binary"
+if readelf -l "$AGENT" | grep -q 'Requesting program interpreter'; then
+    die "$AGENT is dynamically linked: build it with -C target-feature=+crt-static"
+fi
+
+# The newest kernel linux-image-amd64 installed.
+KVER=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+[ -n "$KVER" ] && [ -f "/boot/vmlinuz-$KVER" ] || die "no kernel: make deps-vm installs linux-image-amd64"
+
+mkdir -p "$OUT"
+TMP=$(mktemp -d "$OUT/.build.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+# 1. The uncompressed kernel: the xz stream inside the bzImage.
+extract_vmlinux() {
+    local image=$1 out=$2 offset
+    offset=$(LC_ALL=C grep -aobUP '\xfd7zXZ\x00' "$image" | head -n 1 | cut -d: -f1 || true)
+    [ -n "$offset" ] || die "$image: no xz stream (only xz-compressed kernels are handled)"
+    tail -c "+$((offset + 1))" "$image" | xz -dc --single-stream >"$out" 2>/dev/null || true
+    [ "$(od -An -c -N4 "$out" | tr -d ' ')" = '177ELF' ] || die "$image: the xz stream is not an ELF kernel"
+}
+extract_vmlinux "/boot/vmlinuz-$KVER" "$TMP/vmlinux"
+
+# 2. The initramfs tree.
+ROOT=$TMP/root
+mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc,usr/bin,lib64}
+install -m 0755 "$AGENT" "$ROOT/init"
+install -m 0755 /bin/busybox "$ROOT/bin/busybox"
+ln -s busybox "$ROOT/bin/sh"
+# The kernel opens /dev/console for init before anything is mounted.
+mknod -m 0600 "$ROOT/dev/console" c 5 1
+mknod -m 0666 "$ROOT/dev/null" c 1 3
+
+# crun and every shared library it loads, at the paths the dynamic loader looks in.
+install -m 0755 /usr/bin/crun "$ROOT/usr/bin/crun"
+ldd /usr/bin/crun | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | while read -r lib; do
+    real=$(readlink -f "$lib")
+    mkdir -p "$ROOT$(dirname "$lib")"
+    install -m 0755 "$real" "$ROOT$lib"
+done
+
+# The modules and a modules.dep of just them.
+MODDIR=/lib/modules/$KVER
+mkdir -p "$ROOT$MODDIR"
+modprobe -a -S "$KVER" --show-depends "${MODULES[@]}" | awk '$1 == "insmod" { print $2 }' | sort -u >"$TMP/modules"
+while read -r path; do
+    rel=${path#"$MODDIR"/}
+    mkdir -p "$ROOT$MODDIR/$(dirname "$rel")"
+    cp "$path" "$ROOT$MODDIR/$rel"
+done <"$TMP/modules"
+sed "s|^$MODDIR/||" "$TMP/modules" >"$TMP/wanted"
+awk -F: 'NR == FNR { want[$0] = 1; next } ($1 in want)' "$TMP/wanted" "$MODDIR/modules.dep" >"$ROOT$MODDIR/modules.dep"
+[ "$(wc -l <"$ROOT$MODDIR/modules.dep")" = "$(wc -l <"$TMP/wanted")" ] || die "modules.dep misses modules"
+
+# 3. A reproducible archive: sorted names, fixed owners and times.
+find "$ROOT" -exec touch -h -d @0 {} +
+(cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible) >"$TMP/initramfs.cpio"
+
+mv "$TMP/vmlinux" "$OUT/vmlinux"
+mv "$TMP/initramfs.cpio" "$OUT/initramfs.cpio"
+echo "$KVER" >"$OUT/kernel-release"
+log "$OUT/vmlinux ($(du -k "$OUT/vmlinux" | cut -f1) KiB), $OUT/initramfs.cpio ($(du -k "$OUT/initramfs.cpio" | cut -f1) KiB), kernel $KVER"
