@@ -10,7 +10,7 @@
 #   make images    offline test images into build/images
 #   make test      unit tests, then integration tests against a private containerd
 #   make demo      run busybox under vessel in a throw-away private containerd
-#   make bench     startup time / shim memory vs runc, conversion benchmark
+#   make bench     startup time / shim memory vs runc, conversion benchmark, guest boot
 #   make fmt | lint | clean
 #
 # Integration tests get the private containerd's directory in
@@ -83,13 +83,14 @@ install: build guest
 images:
 	$(REPO)/scripts/build-images.sh $(IMAGES_DIR)
 
-test: deps
-	$(CARGO) build
+# The integration tests need the debug shim and agent, and the guest image (tests/guest.rs).
+test: deps guest
+	$(CARGO) build --workspace
 	$(MAKE) --no-print-directory unit-test
 	$(MAKE) --no-print-directory integration-test
 
 unit-test:
-	$(CARGO) test --lib --bins
+	$(CARGO) test --workspace --lib --bins
 
 # Starts the private containerd, runs tests/*.rs against it, and always
 # stops it again (also on failure or Ctrl-C), keeping the tests' exit code.
@@ -100,7 +101,8 @@ integration-test:
 	trap '$(CONTAINERD_SH) stop "$$dir"' EXIT; \
 	trap 'exit 130' INT TERM; \
 	SHIM_DIR=$(DEBUG_DIR) $(CONTAINERD_SH) start "$$dir"; \
-	VESSEL_TEST_CONTAINERD="$$dir" $(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS)
+	VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' \
+		$(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS)
 
 # A private containerd for poking around by hand (debug shim):
 #   make containerd-start && eval "$$(scripts/containerd.sh env $(TEST_CONTAINERD))"
@@ -120,15 +122,16 @@ demo: deps build
 	ctr --address "$$dir/containerd.sock" run --rm --runtime io.containerd.vessel.v2 \
 		docker.io/library/busybox:latest demo-$$$$ echo "hello from vessel" </dev/null
 
-bench: deps build
-	SHIM_DIR=$(RELEASE_DIR) $(REPO)/scripts/bench.sh
+bench: deps build guest
+	SHIM_DIR=$(RELEASE_DIR) VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_AGENT='$(AGENT)' \
+		$(REPO)/scripts/bench.sh
 
 fmt:
 	$(CARGO) fmt
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	for f in $(REPO)/scripts/*.sh $(REPO)/.ci/run; do bash -n "$$f"; done
 	if command -v shellcheck >/dev/null; then shellcheck -S warning $(REPO)/scripts/*.sh $(REPO)/.ci/run; fi
 

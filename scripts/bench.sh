@@ -4,9 +4,12 @@
 #   2. RSS (VmRSS) and PSS (smaps_rollup) of one idle shim per runtime,
 #      each serving a `sleep 1000` container
 #   3. `cargo bench --bench convert` (OCI spec conversion core)
+#   4. `cargo bench --bench guest`: the guest's bare boot to init beside its boot to the
+#      agent's first health check, the agent's and the initramfs's sizes
 #
-#   scripts/bench.sh   (env: N=20, SHIM_DIR=dir of the release shim, SKIP_CARGO_BENCH=1)
-#   `make bench` builds the release shim (static) and runs this with SHIM_DIR set.
+#   scripts/bench.sh   (env: N=20, SHIM_DIR=dir of the release shim, SKIP_CARGO_BENCH=1,
+#                       VESSEL_GUEST_DIR and VESSEL_AGENT for the guest benchmark)
+#   `make bench` builds the release shim (static), the guest image, and runs this.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -111,5 +114,7 @@ trap - EXIT
 if [ "${SKIP_CARGO_BENCH:-0}" != 1 ]; then
     echo "== cargo bench --bench convert"
     $CARGO bench --bench convert || FAILED=1
+    echo "== cargo bench --bench guest"
+    N=${GUEST_N:-5} $CARGO bench --bench guest || FAILED=1
 fi
 exit $FAILED

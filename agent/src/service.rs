@@ -73,6 +73,13 @@ fn process_key(container_id: &str, exec_id: &str) -> Result<Key, Refused> {
     Ok((container_id.to_string(), exec_id.to_string()))
 }
 
+/// The key of an exec process: both ids checked, the exec id not empty.
+fn exec_key(container_id: &str, exec_id: &str) -> Result<Key, Refused> {
+    check_id("container_id", container_id)?;
+    check_id("exec_id", exec_id)?;
+    Ok((container_id.to_string(), exec_id.to_string()))
+}
+
 impl AgentService {
     /// The service over `sandbox` (not started yet), containers' files in `shared`, bundles
     /// written under `bundles`; `destroyed` is notified once DestroySandbox was answered.
@@ -202,11 +209,8 @@ impl AgentService {
     }
 
     async fn exec(&self, req: api::ExecProcessRequest) -> Result<api::ProcessStarted, Refused> {
-        let key = process_key(&req.container_id, &req.exec_id)?;
+        let key = exec_key(&req.container_id, &req.exec_id)?;
         self.known(&req.container_id)?;
-        if req.exec_id.is_empty() {
-            return Err(check_id("exec_id", "").unwrap_err());
-        }
         if self.processes.get(&key).is_some() {
             return Err(sandbox::Error::AlreadyExists(format!("exec {}", req.exec_id)).into());
         }
@@ -394,10 +398,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         req: api::ProcessRequest,
     ) -> Reply<api::Empty> {
-        let key = process_key(&req.container_id, &req.exec_id)?;
-        if key.1.is_empty() {
-            return Err(Refused::from(check_id("exec_id", "").unwrap_err()).into());
-        }
+        let key = exec_key(&req.container_id, &req.exec_id)?;
         if self.processes.remove(&key).is_none() {
             return Err(Refused::from(sandbox::Error::NotFound(format!("exec {}", key.1))).into());
         }

@@ -42,6 +42,11 @@ impl Guest {
     /// Boots the guest (TCG, one vCPU) with `shared` as its shared directory; its files
     /// (socket, console) go in `dir`.
     pub fn boot(dir: &Path, shared: &Path) -> Self {
+        Self::boot_with(dir, shared, "vessel.debug=1")
+    }
+
+    /// Boots the guest as [`Guest::boot`] with `params` after the usual kernel parameters.
+    pub fn boot_with(dir: &Path, shared: &Path, params: &str) -> Self {
         let image = guest_dir();
         let socket = dir.join("agent.sock");
         let console = dir.join("console.log");
@@ -61,7 +66,7 @@ impl Guest {
             .arg(image.join("vmlinux"))
             .arg("-initrd")
             .arg(image.join("initramfs.cpio"))
-            .args(["-append", &format!("{KERNEL_PARAMS} vessel.debug=1")])
+            .args(["-append", &format!("{KERNEL_PARAMS} {params}")])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-device", "virtio-serial-pci,id=serial0"])
