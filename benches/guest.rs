@@ -1,8 +1,9 @@
 //! Guest boot figures under QEMU (TCG here, one vCPU), the same kernel, initramfs and devices
 //! each time:
 //! - bare boot to init: `rdinit=/bin/busybox` echoing a marker, the floor;
-//! - boot to the agent answering its first health check over its virtio-serial port;
-//! and the sizes of the agent binary and the initramfs.
+//! - boot to the agent answering its first health check over its virtio-serial port.
+//!
+//! Then the sizes of the agent binary and the initramfs.
 //!
 //! `cargo bench --bench guest` (env: `VESSEL_GUEST_DIR`, default build/guest; `VESSEL_AGENT`,
 //! the agent binary whose size to print; `N`, default 5).
