@@ -1,12 +1,7 @@
-//! The agent as PID 1 of the guest: the file systems every container needs, the kernel
-//! modules of the VM's devices, the shared directory, and powering off at the end.
+//! The agent as PID 1 of the guest: the file systems every container needs, the shared
+//! directory, and powering off at the end.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    ffi::CString,
-    fs::File,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
@@ -127,72 +122,12 @@ pub fn mount_system() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Every module of a `modules.dep` text (`path: dependency paths...`), each after the modules
-/// it depends on, once. The guest image decides which modules there are (`make guest`).
-pub fn load_order(modules_dep: &str) -> Vec<String> {
-    let deps: BTreeMap<String, (String, Vec<String>)> = modules_dep
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .map(|(path, deps)| {
-            let deps = deps.split_whitespace().map(module_name).collect();
-            (module_name(path), (path.to_string(), deps))
-        })
-        .collect();
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    fn visit(
-        name: &str,
-        deps: &BTreeMap<String, (String, Vec<String>)>,
-        seen: &mut HashSet<String>,
-        order: &mut Vec<String>,
-    ) {
-        let Some((path, needs)) = deps.get(name) else {
-            return;
-        };
-        if !seen.insert(name.to_string()) {
-            return;
-        }
-        for need in needs {
-            visit(need, deps, seen, order);
-        }
-        order.push(path.clone());
-    }
-    for name in deps.keys() {
-        visit(name, &deps, &mut seen, &mut order);
-    }
-    order
-}
-
-/// A module's name from its path: `kernel/net/9p/9pnet_virtio.ko` -> `9pnet_virtio`.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    file.split(".ko").next().unwrap_or(file).replace('-', "_")
-}
-
-/// Loads the image's modules (the VM's devices, its file systems); one that fails is logged,
-/// not fatal.
-pub fn load_modules() {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = Path::new("/lib/modules").join(release);
-    let Ok(modules_dep) = std::fs::read_to_string(dir.join("modules.dep")) else {
-        log::warn!("no {}/modules.dep: loading no modules", dir.display());
-        return;
-    };
-    let params = CString::default();
-    for path in load_order(&modules_dep) {
-        let file = match File::open(dir.join(&path)) {
-            Ok(file) => file,
-            Err(e) => {
-                log::warn!("module {path}: {e}");
-                continue;
-            }
-        };
-        match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
-            Ok(()) | Err(nix::Error::EEXIST) => log::debug!("module {path} loaded"),
-            Err(e) => log::warn!("module {path}: {e}"),
-        }
+/// The modules the agent needs before it serves: the PCI transport, its serial port, and the
+/// shared directory's file system.
+pub fn serving_modules(shared_fs: &str) -> &'static [&'static str] {
+    match shared_fs {
+        "virtio-fs" => &["virtio_pci", "virtio_console", "virtiofs"],
+        _ => &["virtio_pci", "virtio_console", "9pnet_virtio", "9p"],
     }
 }
 
@@ -250,23 +185,5 @@ mod tests {
             }
         );
         assert_eq!(BootParams::parse("quiet").port, "agent.0");
-    }
-
-    #[test]
-    fn modules_load_after_their_dependencies_once() {
-        // virtio_ring has no line of its own: built in, nothing to load.
-        let dep = "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko\n\
-                   kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n\
-                   kernel/net/9p/9pnet.ko: kernel/fs/netfs/netfs.ko\n\
-                   kernel/fs/netfs/netfs.ko:\n";
-        assert_eq!(
-            load_order(dep),
-            [
-                "kernel/fs/netfs/netfs.ko",
-                "kernel/net/9p/9pnet.ko",
-                "kernel/fs/9p/9p.ko",
-                "kernel/net/9p/9pnet_virtio.ko"
-            ]
-        );
     }
 }

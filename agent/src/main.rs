@@ -5,6 +5,7 @@
 
 mod error;
 mod init;
+mod modules;
 mod paths;
 mod processes;
 mod reaper;
@@ -48,6 +49,8 @@ struct Settings {
     shared_dir: PathBuf,
     state_dir: PathBuf,
     runtime: String,
+    /// The guest's modules, the rest of which load once the agent serves.
+    later_modules: Option<modules::Modules>,
 }
 
 enum Channel {
@@ -95,7 +98,8 @@ fn guest_settings() -> Settings {
     if let Err(e) = mounted {
         log::error!("guest file systems: {e}");
     }
-    init::load_modules();
+    let mut modules = modules::Modules::of_image();
+    modules.load(Some(init::serving_modules(&params.shared_fs)));
     let shared_dir = init::mount_shared(&params.shared_fs).unwrap_or_else(|e| {
         log::error!("shared directory: {e}");
         PathBuf::from(init::SHARED_MOUNT)
@@ -105,6 +109,7 @@ fn guest_settings() -> Settings {
         shared_dir,
         state_dir: PathBuf::from("/run/vessel/agent"),
         runtime: "/usr/bin/crun".into(),
+        later_modules: Some(modules),
     }
 }
 
@@ -116,10 +121,11 @@ fn host_settings() -> Settings {
         shared_dir: args.shared_dir,
         state_dir: args.state_dir,
         runtime: args.runtime,
+        later_modules: None,
     }
 }
 
-async fn serve(settings: Settings, pid1: bool) -> Result<(), String> {
+async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
     reaper::start().map_err(|e| format!("reaper: {e}"))?;
     if !pid1 {
         // Container processes are reparented to the agent, as they are to PID 1 in a guest.
@@ -153,6 +159,9 @@ async fn serve(settings: Settings, pid1: bool) -> Result<(), String> {
         .register_service(agent_ttrpc::create_agent(service));
     server.start().await.map_err(|e| format!("serve: {e}"))?;
     log::info!("vessel-agent {} serving", env!("CARGO_PKG_VERSION"));
+    if let Some(mut modules) = settings.later_modules.take() {
+        tokio::task::spawn_blocking(move || modules.load(None));
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("SIGTERM: {e}"))?;
     tokio::select! {

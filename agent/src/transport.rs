@@ -37,10 +37,19 @@ pub fn find_port(name: &str) -> io::Result<PathBuf> {
 }
 
 /// One connection over the port: the open device, and a signal to the listener when ttrpc
-/// drops it.
+/// drops it, saying whether anything came over it.
 struct PortConnection {
     port: AsyncFd<File>,
-    _closed: oneshot::Sender<()>,
+    received: bool,
+    closed: Option<oneshot::Sender<bool>>,
+}
+
+impl Drop for PortConnection {
+    fn drop(&mut self) {
+        if let Some(closed) = self.closed.take() {
+            let _ = closed.send(self.received);
+        }
+    }
 }
 
 impl AsyncRead for PortConnection {
@@ -100,21 +109,24 @@ fn open_port(path: &Path) -> io::Result<AsyncFd<File>> {
 }
 
 /// The connections of the serial port at `path`: the next one opens once ttrpc dropped the
-/// last (a broken or closed stream), so a host that connects again is served again.
+/// last (a broken or closed stream), so a host that connects again is served again. While no
+/// host is connected a read ends at once; such empty connections are not logged.
 pub fn serial_listener(path: PathBuf) -> Listener {
     let connections =
-        futures::stream::unfold(None, move |previous: Option<oneshot::Receiver<()>>| {
+        futures::stream::unfold(None, move |previous: Option<oneshot::Receiver<bool>>| {
             let path = path.clone();
             async move {
                 if let Some(closed) = previous {
-                    let _ = closed.await;
-                    log::info!("host connection on {} ended", path.display());
+                    if closed.await.unwrap_or(false) {
+                        log::info!("host connection on {} ended", path.display());
+                    }
                     tokio::time::sleep(REOPEN_PAUSE).await;
                 }
                 let (closed_sender, closed) = oneshot::channel();
                 let connection = open_port(&path).map(|port| PortConnection {
                     port,
-                    _closed: closed_sender,
+                    received: false,
+                    closed: Some(closed_sender),
                 });
                 if let Err(e) = &connection {
                     log::error!("open {}: {e}", path.display());
