@@ -77,7 +77,7 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket left behind");
     assert!(!state.join("sandbox").exists(), "runtime state left behind");
-    for id in ["echo", "long"] {
+    for id in ["echo", "long", "oom"] {
         assert!(
             !state.join("bundles").join(id).exists(),
             "bundle of {id} left behind"

@@ -32,6 +32,7 @@ async fn the_guest_boots_serves_the_protocol_and_powers_off() {
     let console = guest.console_text();
     assert!(console.contains("sandbox destroyed"), "{console}");
     assert!(!console.contains("panic"), "{console}");
+    assert!(!guest.socket.exists(), "QEMU left its socket");
     drop(guest);
 
     // The guest wrote nothing into the shared directory but what the test put there.

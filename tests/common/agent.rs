@@ -36,7 +36,9 @@ pub fn busybox_rootfs(shared: &Path, name: &str) -> String {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static (make deps)");
-    for applet in ["sh", "echo", "cat", "sleep", "tty", "true"] {
+    for applet in [
+        "sh", "echo", "cat", "sleep", "tty", "true", "dd", "hostname",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     format!("{name}/rootfs")
@@ -63,7 +65,18 @@ pub fn process(args: &[&str], terminal: bool) -> serde_json::Value {
 /// An OCI spec of a container running `args`; the host's own paths in it (root, network
 /// namespace, cgroup) are the kind the agent must replace.
 pub fn spec(args: &[&str], terminal: bool) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+    serde_json::to_vec(&spec_value(args, terminal)).unwrap()
+}
+
+/// [`spec`] with a memory limit of `bytes`.
+pub fn spec_with_memory_limit(args: &[&str], bytes: u64) -> Vec<u8> {
+    let mut spec = spec_value(args, false);
+    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": bytes}});
+    serde_json::to_vec(&spec).unwrap()
+}
+
+fn spec_value(args: &[&str], terminal: bool) -> serde_json::Value {
+    serde_json::json!({
         "ociVersion": "1.0.2",
         "process": process(args, terminal),
         "root": {"path": "/host/does/not/exist/rootfs"},
@@ -86,8 +99,7 @@ pub fn spec(args: &[&str], terminal: bool) -> Vec<u8> {
             "maskedPaths": ["/proc/kcore"],
             "readonlyPaths": ["/proc/sys"]
         }
-    }))
-    .unwrap()
+    })
 }
 
 fn ctx() -> ttrpc::context::Context {
@@ -392,6 +404,36 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
         .await
         .expect("signal init");
     assert_eq!(wait(client, "long", "").await, 128 + 9);
+
+    // An OOM kill: dd's 64 MiB buffer in a 16 MiB cgroup.
+    let dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+    create(
+        client,
+        "oom",
+        spec_with_memory_limit(&dd, 16 << 20),
+        &rootfs,
+        stdio(false, false),
+    )
+    .await
+    .expect("create oom");
+    client
+        .start_container(ctx(), &container("oom"))
+        .await
+        .expect("start oom");
+    assert_eq!(
+        wait(client, "oom", "").await,
+        128 + 9,
+        "the kernel kills it"
+    );
+    let oom = client
+        .get_oom_event(ctx(), &api::Empty::default())
+        .await
+        .expect("OOM event");
+    assert_eq!(oom.container_id, "oom");
+    client
+        .remove_container(ctx(), &container("oom"))
+        .await
+        .expect("remove oom");
 
     // Bad requests get errors, and the agent keeps serving.
     let (c, message) = code(client.start_container(ctx(), &container("nope")).await);
