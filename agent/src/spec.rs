@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Mount, Process, RootBuilder, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, RootBuilder, Spec};
 
 use crate::{error::Refused, paths::SharedDir};
 
@@ -32,16 +32,6 @@ pub fn parse_spec(document: &[u8]) -> Result<Spec, Refused> {
 /// Parses an exec's process: the request's `process_json`.
 pub fn parse_process(document: &[u8]) -> Result<Process, Refused> {
     parse("process_json", document)
-}
-
-/// Whether `mount` binds a path (its source is a path, not a file system's name).
-fn is_bind(mount: &Mount) -> bool {
-    mount.typ().as_deref() == Some("bind")
-        || mount
-            .options()
-            .iter()
-            .flatten()
-            .any(|o| o == "bind" || o == "rbind")
 }
 
 /// Rewrites `spec` for the guest:
@@ -74,7 +64,7 @@ pub fn for_guest(
 
     if let Some(mounts) = spec.mounts_mut() {
         for (i, mount) in mounts.iter_mut().enumerate() {
-            if !is_bind(mount) {
+            if !vessel::oci::is_bind(mount) {
                 continue;
             }
             let field = format!("spec_json: mounts[{i}].source");

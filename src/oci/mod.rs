@@ -35,7 +35,7 @@ pub use hypervisor::{
 pub use names::{BlockDeviceDriver, HypervisorType, InterworkingModel, SharedFs, VirtioFsCache};
 pub use runtime::{AgentConfig, FactoryConfig, RuntimeConfig};
 pub use sandbox::{sandbox_config, NetworkConfig, SandboxConfig};
-pub use spec::parse_spec;
+pub use spec::{is_bind, parse_spec};
 pub use state::State;
 
 #[cfg(test)]

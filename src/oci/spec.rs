@@ -1,8 +1,18 @@
 //! Reading an OCI spec: a parse error names the field (and, for a device, the device).
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount, Spec};
 
 use super::Error;
+
+/// Whether `mount` binds a path (its source is a path, not the name of a file system).
+pub fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
 
 /// Parses `config.json`; an invalid field is an [`Error::InvalidField`] naming its JSON path.
 ///

@@ -1,6 +1,7 @@
 //! Sandbox backends behind one trait: the shim drives a [`Sandbox`] and never knows which.
 //!
 //! - [`linux`]: containers as host processes in namespaces, through an OCI runtime binary.
+//! - [`vm`]: each sandbox a QEMU virtual machine; its guest agent runs the containers.
 //!
 //! A sandbox is one pod (a standalone `ctr run` is a pod of one). The shim starts it with the
 //! pod's converted [`SandboxConfig`] at the pod's first Create, creates each container from
@@ -12,6 +13,8 @@ pub mod console;
 pub mod linux;
 mod oom;
 mod record;
+mod rootfs;
+pub mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -126,11 +129,9 @@ pub async fn build(
                 linux::LinuxSandbox::new(&binary.to_string_lossy(), &state).await?,
             ))
         }
-        crate::config::SandboxBackend::Vm => Err(Error::Unsupported(
-            "[runtime] sandbox_backend = \"vm\": the VM backend is not available in this build \
-             (accepted: \"linux\")"
-                .into(),
-        )),
+        crate::config::SandboxBackend::Vm => Ok(Arc::new(vm::VmSandbox::new(&state_dir(
+            namespace, sandbox_id,
+        )))),
     }
 }
 

@@ -5,7 +5,7 @@ use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::{linux, state_dir, Error, Result};
+use super::{linux, state_dir, vm, Error, Result};
 
 /// The file in a sandbox's state directory holding its [`Record`].
 const RECORD_FILE: &str = "sandbox.json";
@@ -16,6 +16,8 @@ const RECORD_FILE: &str = "sandbox.json";
 pub enum Record {
     /// The `linux` backend's record.
     Linux(linux::Record),
+    /// The `vm` backend's record.
+    Vm(vm::Record),
 }
 
 impl Record {
@@ -53,6 +55,7 @@ pub async fn cleanup(namespace: &str, sandbox_id: &str, container_id: &str) -> R
     match Record::load(&dir)? {
         None => Ok(()),
         Some(Record::Linux(record)) => linux::cleanup(&dir, record, container_id).await,
+        Some(Record::Vm(record)) => vm::cleanup(&dir, record, container_id).await,
     }
 }
 

@@ -6,7 +6,6 @@
 //! container's memory cgroup is watched for OOM kills. The OCI runtime's state, console
 //! sockets and pid files live in the sandbox's own state directory.
 
-mod rootfs;
 mod runtime;
 mod stdio;
 mod tracker;
@@ -30,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::{
-    console, oom, ContainerRequest, Error, Event, ProcessPid, Record as SandboxRecord, Result,
+    console, oom, rootfs, ContainerRequest, Error, Event, ProcessPid, Record as SandboxRecord, Result,
     Sandbox, Started, Stats, StdioWanted,
 };
 use crate::oci::SandboxConfig;

@@ -1,16 +1,16 @@
-//! A container's root file system on the host: containerd's snapshot mounts at the bundle's
-//! root path.
+//! A container's root file system on the host: containerd's snapshot mounts, at the bundle's
+//! root path (`linux`) or in the shared directory of a VM (`vm`).
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
 
-use super::super::{Error, Result, RootfsMount};
+use super::{Error, Result, RootfsMount};
 use crate::oci::ContainerConfig;
 
 /// Where the container's root file system goes: the spec's root path, under the bundle when
 /// relative.
-pub(super) fn target(bundle: &Path, config: &ContainerConfig) -> PathBuf {
+pub(crate) fn target(bundle: &Path, config: &ContainerConfig) -> PathBuf {
     let root = config
         .custom_spec
         .root()
@@ -25,7 +25,7 @@ pub(super) fn target(bundle: &Path, config: &ContainerConfig) -> PathBuf {
 }
 
 /// Mounts `mounts` at `target`, in order; on failure, unmounts what it mounted.
-pub(super) async fn mount(mounts: &[RootfsMount], target: &Path) -> Result<()> {
+pub(crate) async fn mount(mounts: &[RootfsMount], target: &Path) -> Result<()> {
     std::fs::create_dir_all(target)
         .map_err(|e| Error::io(format!("rootfs {}", target.display()), e))?;
     for mount in mounts {
@@ -47,6 +47,6 @@ pub(super) async fn mount(mounts: &[RootfsMount], target: &Path) -> Result<()> {
 }
 
 /// Unmounts whatever is mounted at `target`; nothing mounted is not an error.
-pub(super) fn unmount(target: &Path) {
+pub(crate) fn unmount(target: &Path) {
     while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
 }

@@ -1,0 +1,559 @@
+//! The `vm` backend: each sandbox is a QEMU virtual machine whose guest agent (`vessel-agent`,
+//! `protos/agent.proto`) runs the containers; their root file systems and volumes reach the
+//! guest through a shared directory (9p).
+//!
+//! - [`qemu`]: the command line from the `HypervisorConfig`, the accelerator probe, the process.
+//! - [`agent`]: the connection to the guest agent and its errors.
+//! - [`shared`]: the shared directory.
+//! - [`streams`]: process streams relayed through the agent.
+
+mod agent;
+mod qemu;
+mod shared;
+mod streams;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use oci_spec::runtime::{LinuxResources, Process};
+use protobuf::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::{
+    ContainerRequest, Error, Event, Exit, ProcessPid, Record as SandboxRecord, Result, Sandbox,
+    Started, Stats, StdioWanted,
+};
+use crate::{
+    oci::{SandboxConfig, SharedFs},
+    protos::{
+        agent::{self as api, container_stats_response::Metrics},
+        agent_ttrpc::AgentClient,
+    },
+};
+
+pub use qemu::accelerators;
+
+/// How long a guest may take to answer under KVM before the host's KVM counts as unusable.
+const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
+/// How long a guest may take to answer under TCG.
+const TCG_BOOT_LIMIT: Duration = Duration::from_secs(90);
+/// How long DestroySandbox and QEMU's own exit may take before QEMU is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the `vm` backend created for a sandbox, for the `delete` action after a shim died.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// QEMU's pid, once started.
+    pub qemu_pid: Option<u32>,
+    /// Each container, with the mount points made for it in the shared directory.
+    pub containers: BTreeMap<String, Vec<PathBuf>>,
+}
+
+fn shared_root(dir: &Path) -> PathBuf {
+    dir.join("shared")
+}
+
+/// Removes what is left of container `id` after its shim died: its mounts in the shared
+/// directory; with the last container, QEMU (killed) and the whole state.
+pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
+    if let Some(mounts) = record.containers.remove(id) {
+        shared::remove(&shared_root(dir).join(id), &mounts);
+    }
+    if !record.containers.is_empty() {
+        return SandboxRecord::Vm(record).save(dir);
+    }
+    if let Some(pid) = record.qemu_pid.filter(|pid| qemu::is_ours(*pid, dir)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    remove_state(dir)
+}
+
+fn remove_state(dir: &Path) -> Result<()> {
+    let shared = shared_root(dir);
+    while nix::mount::umount2(&shared, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", dir.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `vm` sandbox backend.
+pub struct VmSandbox {
+    dir: PathBuf,
+    record: Mutex<Record>,
+    /// The agent of the running VM.
+    client: Mutex<Option<Arc<AgentClient>>>,
+    /// Set once the sandbox is being stopped: QEMU's exit is then no death.
+    stopping: Arc<AtomicBool>,
+    sender: UnboundedSender<Event>,
+    events: Mutex<Option<UnboundedReceiver<Event>>>,
+    stdin_relays: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+}
+
+impl VmSandbox {
+    /// A backend keeping its state (sockets, shared directory, record) in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let (sender, receiver) = unbounded_channel();
+        Self {
+            dir: dir.to_path_buf(),
+            record: Mutex::new(Record::default()),
+            client: Mutex::new(None),
+            stopping: Arc::new(AtomicBool::new(false)),
+            sender,
+            events: Mutex::new(Some(receiver)),
+            stdin_relays: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn save(&self, change: impl FnOnce(&mut Record)) -> Result<()> {
+        let mut record = lock(&self.record);
+        change(&mut record);
+        SandboxRecord::Vm(record.clone()).save(&self.dir)
+    }
+
+    fn client(&self) -> Result<Arc<AgentClient>> {
+        lock(&self.client)
+            .clone()
+            .ok_or_else(|| Error::Unavailable("the sandbox's VM is not running".into()))
+    }
+
+    /// Boots QEMU under `accelerator` and connects to its agent; a QEMU that did not get
+    /// there is killed.
+    async fn boot(
+        &self,
+        config: &SandboxConfig,
+        vm: &qemu::Vm,
+        accelerator: qemu::Accelerator,
+    ) -> Result<(AgentClient, tokio::sync::oneshot::Receiver<i32>)> {
+        let hypervisor = &config.hypervisor_config;
+        let args = qemu::arguments(hypervisor, vm, accelerator);
+        log::debug!("starting {} {}", hypervisor.hypervisor_path, args.join(" "));
+        let mut started = qemu::launch(&hypervisor.hypervisor_path, &args, vm).await?;
+        self.save(|r| r.qemu_pid = Some(started.pid))?;
+        let limit = match accelerator {
+            qemu::Accelerator::Kvm => KVM_BOOT_LIMIT,
+            qemu::Accelerator::Tcg => TCG_BOOT_LIMIT,
+        };
+        let log_file = vm.qemu_log.clone();
+        let mut exit_code = None;
+        let exited = &mut started.exited;
+        let connected = agent::connect(&vm.agent_socket, Instant::now() + limit, || {
+            let code = match exited.try_recv() {
+                Ok(code) => code,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => -1,
+            };
+            exit_code = Some(code);
+            Some(format!(
+                "QEMU exited ({code}) before its agent answered: {}",
+                qemu::last_words(&log_file)
+            ))
+        })
+        .await;
+        match connected {
+            Ok(client) => Ok((client, started.exited)),
+            Err(e) => {
+                if exit_code.is_none() {
+                    kill(started.pid);
+                    let _ = tokio::time::timeout(STOP_LIMIT, &mut started.exited).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the per-sandbox watchers: QEMU's death, OOM events.
+    fn watch(&self, client: Arc<AgentClient>, exited: tokio::sync::oneshot::Receiver<i32>) {
+        let sender = self.sender.clone();
+        let log_file = self.dir.join("qemu.log");
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            if let Ok(code) = exited.await {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let _ = sender.send(Event::Died {
+                    reason: format!("QEMU exited ({code}): {}", qemu::last_words(&log_file)),
+                });
+            }
+        });
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.get_oom_event(agent::no_deadline(), &api::Empty::default()).await {
+                    Ok(oom) => {
+                        let _ = sender.send(Event::Oom {
+                            container_id: oom.container_id,
+                        });
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    /// Reports the exit of process `exec_id` of `id` once the agent has it.
+    fn wait_exit(&self, client: Arc<AgentClient>, id: &str, exec_id: &str) {
+        let sender = self.sender.clone();
+        let req = api::ProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            // An agent that went away is the sandbox dying, reported by QEMU's watcher.
+            if let Ok(exited) = client.wait_process(agent::no_deadline(), &req).await {
+                let at = UNIX_EPOCH + Duration::from_nanos(exited.exited_at_ns.max(0) as u64);
+                let _ = sender.send(Event::Exit(Exit {
+                    container_id: req.container_id,
+                    exec_id: req.exec_id,
+                    pid: std::process::id(),
+                    status: exited.status,
+                    at: at.min(SystemTime::now()),
+                }));
+            }
+        });
+    }
+
+    /// The streams and exit watch of a process the agent started.
+    fn started(&self, client: &Arc<AgentClient>, id: &str, exec_id: &str, stdio: StdioWanted) -> Started {
+        let (io, relays) = streams::start(client, id, exec_id, stdio);
+        if let Some(stdin) = relays.stdin {
+            lock(&self.stdin_relays).insert((id.to_string(), exec_id.to_string()), stdin);
+        }
+        self.wait_exit(client.clone(), id, exec_id);
+        // Guest pids mean nothing on the host: containerd is told the shim's own, as kata does.
+        Started {
+            pid: std::process::id(),
+            io,
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn container(id: &str) -> api::ContainerRequest {
+    api::ContainerRequest {
+        container_id: id.to_string(),
+        ..Default::default()
+    }
+}
+
+fn stdio(s: StdioWanted) -> api::Stdio {
+    api::Stdio {
+        stdin: s.stdin,
+        stdout: s.stdout,
+        stderr: s.stderr,
+        terminal: s.terminal,
+        ..Default::default()
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::io("encode for the agent", e.into()))
+}
+
+#[async_trait]
+impl Sandbox for VmSandbox {
+    async fn start(&self, config: &SandboxConfig) -> Result<()> {
+        let hypervisor = &config.hypervisor_config;
+        if hypervisor.shared_fs != SharedFs::Virtio9p {
+            return Err(Error::Unsupported(format!(
+                "shared_fs {:?}: the vm backend shares files over virtio-9p only so far \
+                 (accepted: \"virtio-9p\")",
+                hypervisor.shared_fs.as_str()
+            )));
+        }
+        let shared = shared_root(&self.dir);
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
+        // Recorded before QEMU exists, so that a crash at any step is cleaned up.
+        self.save(|_| ())?;
+        let vm = qemu::Vm {
+            agent_socket: self.dir.join("agent.sock"),
+            shared_dir: shared,
+            qemu_log: self.dir.join("qemu.log"),
+            agent_params: if log::log_enabled!(log::Level::Debug) {
+                "vessel.debug=1".into()
+            } else {
+                String::new()
+            },
+        };
+        let mut last_error = None;
+        for accelerator in qemu::accelerators() {
+            match self.boot(config, &vm, accelerator).await {
+                Ok((client, exited)) => {
+                    if accelerator == qemu::Accelerator::Kvm {
+                        qemu::record_kvm(true, "");
+                    }
+                    log::info!("sandbox {} booted ({accelerator:?})", config.id);
+                    let client = Arc::new(client);
+                    self.watch(client.clone(), exited);
+                    *lock(&self.client) = Some(client);
+                    return Ok(());
+                }
+                Err(e) if accelerator == qemu::Accelerator::Kvm => {
+                    log::warn!(
+                        "KVM did not boot the guest ({e}): /dev/kvm cannot run a standard guest \
+                         kernel on this host; using TCG (software emulation, slower) from now on"
+                    );
+                    qemu::record_kvm(false, &e.to_string());
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Unsupported("no accelerator".into())))
+    }
+
+    async fn create(&self, req: &ContainerRequest) -> Result<Started> {
+        if lock(&self.record).containers.contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {}", req.id)));
+        }
+        let client = self.client()?;
+        let root = shared_root(&self.dir);
+        self.save(|r| {
+            r.containers.insert(req.id.clone(), Vec::new());
+        })?;
+        let placed = match shared::add(&root, req).await {
+            Ok(placed) => placed,
+            Err(e) => {
+                self.save(|r| {
+                    r.containers.remove(&req.id);
+                })?;
+                return Err(e);
+            }
+        };
+        self.save(|r| {
+            r.containers.insert(req.id.clone(), placed.mounts.clone());
+        })?;
+        let create = api::CreateContainerRequest {
+            container_id: req.id.clone(),
+            spec_json: json(&placed.spec)?,
+            rootfs: placed.rootfs.clone(),
+            stdio: Some(stdio(req.stdio)).into(),
+            ..Default::default()
+        };
+        if let Err(e) = client.create_container(agent::ctx(), &create).await {
+            let _ = self.delete(&req.id).await;
+            return Err(agent::error("create", &req.id, e));
+        }
+        Ok(self.started(&client, &req.id, "", req.stdio))
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        self.client()?
+            .start_container(agent::ctx(), &container(id))
+            .await
+            .map(drop)
+            .map_err(|e| agent::error("start", id, e))
+    }
+
+    async fn exec(&self, id: &str, exec_id: &str, spec: &Process, stdio_wanted: StdioWanted) -> Result<Started> {
+        let client = self.client()?;
+        let req = api::ExecProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            process_json: json(spec)?,
+            stdio: Some(stdio(stdio_wanted)).into(),
+            ..Default::default()
+        };
+        client
+            .exec_process(agent::ctx(), &req)
+            .await
+            .map_err(|e| agent::error("exec", id, e))?;
+        Ok(self.started(&client, id, exec_id, stdio_wanted))
+    }
+
+    async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = api::SignalProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.client()?
+            .signal_process(agent::ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| agent::error("kill", id, e))
+    }
+
+    /// The input relay closes the agent's stdin once it forwarded everything the shim wrote.
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let relay = lock(&self.stdin_relays).remove(&(id.to_string(), exec_id.to_string()));
+        if let Some(relay) = relay {
+            let _ = tokio::time::timeout(STOP_LIMIT, relay).await;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        lock(&self.stdin_relays).retain(|(c, _), _| c != id);
+        if let Ok(client) = self.client() {
+            match client.remove_container(agent::ctx(), &container(id)).await {
+                Ok(_) => {}
+                Err(e) => match agent::error("delete", id, e) {
+                    Error::NotFound(_) | Error::Unavailable(_) => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        let mounts = lock(&self.record).containers.get(id).cloned();
+        if let Some(mounts) = mounts {
+            shared::remove(&shared_root(&self.dir).join(id), &mounts);
+        }
+        self.save(|r| {
+            r.containers.remove(id);
+        })
+    }
+
+    async fn delete_exec(&self, id: &str, exec_id: &str) {
+        lock(&self.stdin_relays).remove(&(id.to_string(), exec_id.to_string()));
+        if let Ok(client) = self.client() {
+            let req = api::ProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                ..Default::default()
+            };
+            let _ = client.remove_process(agent::ctx(), &req).await;
+        }
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.client()?
+            .pause_container(agent::ctx(), &container(id))
+            .await
+            .map(drop)
+            .map_err(|e| agent::error("pause", id, e))
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.client()?
+            .resume_container(agent::ctx(), &container(id))
+            .await
+            .map(drop)
+            .map_err(|e| agent::error("resume", id, e))
+    }
+
+    async fn pids(&self, id: &str) -> Result<Vec<ProcessPid>> {
+        let listed = self
+            .client()?
+            .list_processes(agent::ctx(), &container(id))
+            .await
+            .map_err(|e| agent::error("ps", id, e))?;
+        Ok(listed
+            .processes
+            .into_iter()
+            .map(|p| ProcessPid {
+                pid: p.pid,
+                exec_id: (!p.exec_id.is_empty()).then_some(p.exec_id),
+            })
+            .collect())
+    }
+
+    async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let req = api::UpdateContainerRequest {
+            container_id: id.to_string(),
+            resources_json: json(resources)?,
+            ..Default::default()
+        };
+        self.client()?
+            .update_container(agent::ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| agent::error("update", id, e))
+    }
+
+    async fn stats(&self, id: &str) -> Result<Stats> {
+        let reply = self
+            .client()?
+            .container_stats(agent::ctx(), &container(id))
+            .await
+            .map_err(|e| agent::error("stats", id, e))?;
+        let decode = |e: protobuf::Error| {
+            Error::io("decode the guest's metrics", std::io::Error::other(e.to_string()))
+        };
+        match reply.metrics {
+            Some(Metrics::CgroupV2(bytes)) => Ok(Stats::V2(Box::new(
+                Message::parse_from_bytes(&bytes).map_err(decode)?,
+            ))),
+            Some(Metrics::CgroupV1(bytes)) => Ok(Stats::V1(Box::new(
+                Message::parse_from_bytes(&bytes).map_err(decode)?,
+            ))),
+            _ => Err(Error::NotFound(format!("metrics of {id}"))),
+        }
+    }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizeTerminalRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.client()?
+            .resize_terminal(agent::ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| agent::error("resize", id, e))
+    }
+
+    fn events(&self) -> Option<UnboundedReceiver<Event>> {
+        lock(&self.events).take()
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let client = lock(&self.client).take();
+        let pid = lock(&self.record).qemu_pid;
+        if let Some(client) = client {
+            let empty = api::Empty::default();
+            match tokio::time::timeout(STOP_LIMIT, client.destroy_sandbox(agent::ctx(), &empty)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::warn!("destroy sandbox: {e}"),
+                Err(_) => log::warn!("destroy sandbox: no answer within {STOP_LIMIT:?}"),
+            }
+        }
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + STOP_LIMIT;
+            while qemu::is_ours(pid, &self.dir) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if qemu::is_ours(pid, &self.dir) {
+                log::warn!("QEMU {pid} did not power off: killed");
+                kill(pid);
+            }
+        }
+        let containers: Vec<(String, Vec<PathBuf>)> = lock(&self.record).containers.clone().into_iter().collect();
+        for (id, mounts) in containers {
+            shared::remove(&shared_root(&self.dir).join(&id), &mounts);
+        }
+        remove_state(&self.dir)
+    }
+}

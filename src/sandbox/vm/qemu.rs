@@ -1,0 +1,327 @@
+//! QEMU from the conversion core's `HypervisorConfig`: its command line, the accelerator that
+//! really boots a guest here, and the process (its exit learnt from the shim's reaper).
+
+use std::{
+    fs::File,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use containerd_shim::{
+    asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
+    monitor::{Subject, Topic},
+};
+use tokio::io::AsyncBufReadExt;
+
+use super::super::{Error, Result};
+use crate::oci::HypervisorConfig;
+
+/// kata's kernel parameters for a fast boot, and the console on the first serial port.
+const KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check rcupdate.rcu_expedited=1 \
+    i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp \
+    cryptomgr.notests pci=lastbus=0 quiet panic=-1";
+
+/// The 9p mount tag of the shared directory (the agent mounts it by this tag).
+const SHARED_TAG: &str = "vessel";
+/// The name of the agent's virtio-serial port.
+const AGENT_PORT: &str = "agent.0";
+
+/// How QEMU runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl Accelerator {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// Where the file recording whether KVM boots a guest on this host lives (it lasts until the
+/// host reboots, /run being a tmpfs).
+const KVM_PROBE_FILE: &str = "/run/vessel/kvm-probe";
+
+/// The accelerators to try, best first: KVM when /dev/kvm opens and no earlier boot found it
+/// unusable, then TCG.
+pub fn accelerators() -> Vec<Accelerator> {
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let known_unusable = std::fs::read_to_string(KVM_PROBE_FILE)
+        .map(|s| s.starts_with("unusable"))
+        .unwrap_or(false);
+    if kvm_opens && !known_unusable {
+        vec![Accelerator::Kvm, Accelerator::Tcg]
+    } else {
+        vec![Accelerator::Tcg]
+    }
+}
+
+/// Records what a boot with KVM showed, for the sandboxes that come after.
+pub fn record_kvm(usable: bool, reason: &str) {
+    let text = if usable {
+        "usable\n".to_string()
+    } else {
+        format!("unusable: {reason}\n")
+    };
+    if let Some(dir) = Path::new(KVM_PROBE_FILE).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(KVM_PROBE_FILE, text);
+}
+
+/// What a VM is started with, besides the hypervisor settings.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// The host side of the agent's port (a unix socket QEMU listens on).
+    pub agent_socket: PathBuf,
+    /// The directory shared with the guest.
+    pub shared_dir: PathBuf,
+    /// Where QEMU's own messages go.
+    pub qemu_log: PathBuf,
+    /// Guest kernel parameters of the agent (`vessel.*`).
+    pub agent_params: String,
+}
+
+/// QEMU's arguments for `vm` with `config`, under `accelerator`.
+pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -> Vec<String> {
+    let machine = if config.hypervisor_machine_type.is_empty() {
+        "q35"
+    } else {
+        &config.hypervisor_machine_type
+    };
+    let mut machine = format!("{machine},accel={}", accelerator.name());
+    if !config.machine_accelerators.is_empty() {
+        machine.push(',');
+        machine.push_str(&config.machine_accelerators);
+    }
+    let cpu = match accelerator {
+        Accelerator::Kvm => "host",
+        Accelerator::Tcg => "max",
+    };
+    let vcpus = config.num_vcpus.max(1);
+    let max_vcpus = config.default_max_vcpus.max(vcpus);
+    let memory = config.memory_size.max(128);
+    let mut params = vec![KERNEL_PARAMS.to_string(), vm.agent_params.clone()];
+    params.extend(config.kernel_params.iter().map(|p| {
+        if p.value.is_empty() {
+            p.key.clone()
+        } else {
+            format!("{}={}", p.key, p.value)
+        }
+    }));
+    let mut args: Vec<String> = vec![
+        "-machine".into(),
+        machine,
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        format!("{vcpus},maxcpus={max_vcpus}"),
+        "-m".into(),
+        format!("{memory}M"),
+        "-nodefaults".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-kernel".into(),
+        config.kernel_path.clone(),
+        "-append".into(),
+        params.join(" "),
+    ];
+    if !config.initrd_path.is_empty() {
+        args.extend(["-initrd".into(), config.initrd_path.clone()]);
+    }
+    args.extend([
+        "-device".into(),
+        "virtio-serial-pci,id=serial0".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            vm.agent_socket.display()
+        ),
+        "-device".into(),
+        format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
+        "-fsdev".into(),
+        format!(
+            "local,id=shared,path={},security_model=none",
+            vm.shared_dir.display()
+        ),
+        "-device".into(),
+        format!(
+            "virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"
+        ),
+    ]);
+    if !config.entropy_source.is_empty() {
+        args.extend([
+            "-object".into(),
+            format!("rng-random,id=rng0,filename={}", config.entropy_source),
+            "-device".into(),
+            "virtio-rng-pci,rng=rng0".into(),
+        ]);
+    }
+    args
+}
+
+/// A running QEMU.
+pub struct Qemu {
+    /// Its pid.
+    pub pid: u32,
+    /// Resolves with its exit status once the reaper collected it.
+    pub exited: tokio::sync::oneshot::Receiver<i32>,
+}
+
+/// Starts QEMU `binary` with `args`: its console (stdout) to the shim's log, its own messages
+/// to `vm.qemu_log`; it dies with the shim.
+pub async fn launch(binary: &str, args: &[String], vm: &Vm) -> Result<Qemu> {
+    let log = File::create(&vm.qemu_log)
+        .map_err(|e| Error::io(format!("create {}", vm.qemu_log.display()), e))?;
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut subscription = monitor_subscribe(Topic::Pid)
+        .await
+        .map_err(|e| Error::io("subscribe to exits", std::io::Error::other(e.to_string())))?;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = monitor_unsubscribe(subscription.id).await;
+            return Err(Error::io(format!("start {binary}"), e));
+        }
+    };
+    let pid = child.id();
+    if let Some(stdout) = child.stdout.take() {
+        relay_console(stdout);
+    }
+    // The reaper collects it; the Child handle is not waited on.
+    drop(child);
+    let (sender, exited) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut code = -1;
+        while let Some(event) = subscription.rx.recv().await {
+            if matches!(event.subject, Subject::Pid(p) if p as u32 == pid) {
+                code = event.exit_code;
+                break;
+            }
+        }
+        let _ = monitor_unsubscribe(subscription.id).await;
+        let _ = sender.send(code);
+    });
+    Ok(Qemu { pid, exited })
+}
+
+/// Logs each line of the guest's console.
+fn relay_console(stdout: std::process::ChildStdout) {
+    let Ok(stdout) = tokio::process::ChildStdout::from_std(stdout) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            log::info!("guest console: {line}");
+        }
+    });
+}
+
+/// The last lines QEMU wrote about itself, for an error.
+pub fn last_words(qemu_log: &Path) -> String {
+    let text = std::fs::read_to_string(qemu_log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join("; ")
+}
+
+/// Whether `pid` is the QEMU of state directory `dir` (its command line names the directory),
+/// so that a recycled pid is never killed.
+pub fn is_ours(pid: u32, dir: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = dir.to_string_lossy();
+    String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Param;
+
+    fn vm() -> Vm {
+        Vm {
+            agent_socket: "/run/vessel/ns/s1/agent.sock".into(),
+            shared_dir: "/run/vessel/ns/s1/shared".into(),
+            qemu_log: "/run/vessel/ns/s1/qemu.log".into(),
+            agent_params: "vessel.port=agent.0".into(),
+        }
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_hypervisor_config_shapes_the_command_line() {
+        let config = HypervisorConfig {
+            kernel_path: "/usr/share/vessel/vmlinux".into(),
+            initrd_path: "/usr/share/vessel/initramfs.img".into(),
+            hypervisor_machine_type: "q35".into(),
+            num_vcpus: 2,
+            default_max_vcpus: 4,
+            memory_size: 512,
+            entropy_source: "/dev/urandom".into(),
+            kernel_params: vec![Param {
+                key: "agent.log".into(),
+                value: "debug".into(),
+            }],
+            ..Default::default()
+        };
+        let args = arguments(&config, &vm(), Accelerator::Tcg);
+        assert_eq!(value_of(&args, "-machine"), ["q35,accel=tcg"]);
+        assert_eq!(value_of(&args, "-smp"), ["2,maxcpus=4"]);
+        assert_eq!(value_of(&args, "-m"), ["512M"]);
+        assert_eq!(value_of(&args, "-kernel"), ["/usr/share/vessel/vmlinux"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/usr/share/vessel/initramfs.img"]);
+        let append = value_of(&args, "-append")[0];
+        assert!(append.contains("pci=lastbus=0"), "{append}");
+        assert!(append.ends_with("vessel.port=agent.0 agent.log=debug"), "{append}");
+        let chardev = value_of(&args, "-chardev")[0];
+        assert!(chardev.contains("path=/run/vessel/ns/s1/agent.sock"), "{chardev}");
+        assert!(value_of(&args, "-fsdev")[0].contains("path=/run/vessel/ns/s1/shared"));
+        assert!(value_of(&args, "-object")[0].contains("filename=/dev/urandom"));
+        let kvm = arguments(&config, &vm(), Accelerator::Kvm);
+        assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
+        assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn unset_sizes_get_workable_defaults() {
+        let config = HypervisorConfig {
+            kernel_path: "/k".into(),
+            ..Default::default()
+        };
+        let args = arguments(&config, &vm(), Accelerator::Tcg);
+        assert_eq!(value_of(&args, "-smp"), ["1,maxcpus=1"]);
+        assert_eq!(value_of(&args, "-m"), ["128M"]);
+        assert!(value_of(&args, "-initrd").is_empty());
+    }
+}
