@@ -368,7 +368,16 @@ disabled_plugins = [
         runtime_type = "io.containerd.vessel.v2"
         pod_annotations = ["io.katacontainers.*"]
         container_annotations = ["io.katacontainers.*"]$vessel_options
+
+      # Every pod in its own VM: the same shim with the vm backend's configuration.
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel-vm]
+        runtime_type = "io.containerd.vessel.v2"
+        pod_annotations = ["io.katacontainers.*"]
+        container_annotations = ["io.katacontainers.*"]
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel-vm.options]
+          ConfigPath = "$DIR/vessel-vm.toml"
 EOF
+    write_vm_config
 
     mkdir -p "$DIR/cni" "$DIR/cni-ipam"
     # The loopback interface is brought up by CRI itself (it runs the
@@ -395,6 +404,15 @@ EOF
   ]
 }
 EOF
+}
+
+# The vm backend's configuration for tests: the shipped one, with the guest image of this
+# checkout (VESSEL_GUEST_DIR, default build/guest; `make guest` builds it).
+write_vm_config() {
+    local guest=${VESSEL_GUEST_DIR:-$REPO/build/guest}
+    sed -e "s|^kernel = .*|kernel = \"$guest/vmlinux\"|" \
+        -e "s|^initrd = .*|initrd = \"$guest/initramfs.cpio\"|" \
+        "$REPO/config/configuration-vm.toml" >"$DIR/vessel-vm.toml"
 }
 
 start() {

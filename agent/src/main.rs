@@ -58,8 +58,9 @@ enum Channel {
     Serial(String),
 }
 
-/// How long the agent lets its last replies (DestroySandbox's) go out before it stops.
-const LAST_REPLIES: Duration = Duration::from_secs(2);
+/// How long the agent lets its last replies (DestroySandbox's) go out before it stops; calls
+/// that wait for processes (reads, waits) are not waited for.
+const LAST_REPLIES: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let pid1 = std::process::id() == 1;

@@ -46,9 +46,18 @@ impl Cri {
 
     /// RunPodSandbox with the vessel handler.
     pub async fn run_pod(&mut self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+        self.run_pod_with(config, HANDLER).await
+    }
+
+    /// RunPodSandbox with runtime handler `handler` (`vessel-vm`: the vm backend).
+    pub async fn run_pod_with(
+        &mut self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
         let request = RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: HANDLER.to_string(),
+            runtime_handler: handler.to_string(),
         };
         let response = self.runtime.run_pod_sandbox(request).await?;
         Ok(response.into_inner().pod_sandbox_id)

@@ -14,6 +14,9 @@ pub const KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check \
     rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 \
     noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1";
 
+/// The firmware vessel's VM configuration uses: qboot starts the kernel sooner than SeaBIOS.
+pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
 /// The guest image's directory: `VESSEL_GUEST_DIR`, or `build/guest` of the checkout.
 pub fn guest_dir() -> PathBuf {
     let dir = std::env::var_os("VESSEL_GUEST_DIR")
@@ -62,6 +65,7 @@ impl Guest {
                 "512M",
             ])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .args(["-bios", QBOOT])
             .arg("-kernel")
             .arg(image.join("vmlinux"))
             .arg("-initrd")

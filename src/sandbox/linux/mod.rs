@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::{
-    console, oom, rootfs, ContainerRequest, Error, Event, ProcessPid, Record as SandboxRecord, Result,
-    Sandbox, Started, Stats, StdioWanted,
+    console, oom, rootfs, ContainerRequest, Error, Event, ProcessPid, Record as SandboxRecord,
+    Result, Sandbox, Started, Stats, StdioWanted,
 };
 use crate::oci::SandboxConfig;
 use runtime::{logged_error, read_pid_file, runtime, runtime_error, unreaped_runtime};

@@ -198,7 +198,10 @@ impl VmSandbox {
         let sender = self.sender.clone();
         tokio::spawn(async move {
             loop {
-                match client.get_oom_event(agent::no_deadline(), &api::Empty::default()).await {
+                match client
+                    .get_oom_event(agent::no_deadline(), &api::Empty::default())
+                    .await
+                {
                     Ok(oom) => {
                         let _ = sender.send(Event::Oom {
                             container_id: oom.container_id,
@@ -234,7 +237,13 @@ impl VmSandbox {
     }
 
     /// The streams and exit watch of a process the agent started.
-    fn started(&self, client: &Arc<AgentClient>, id: &str, exec_id: &str, stdio: StdioWanted) -> Started {
+    fn started(
+        &self,
+        client: &Arc<AgentClient>,
+        id: &str,
+        exec_id: &str,
+        stdio: StdioWanted,
+    ) -> Started {
         let (io, relays) = streams::start(client, id, exec_id, stdio);
         if let Some(stdin) = relays.stdin {
             lock(&self.stdin_relays).insert((id.to_string(), exec_id.to_string()), stdin);
@@ -372,7 +381,13 @@ impl Sandbox for VmSandbox {
             .map_err(|e| agent::error("start", id, e))
     }
 
-    async fn exec(&self, id: &str, exec_id: &str, spec: &Process, stdio_wanted: StdioWanted) -> Result<Started> {
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: &Process,
+        stdio_wanted: StdioWanted,
+    ) -> Result<Started> {
         let client = self.client()?;
         let req = api::ExecProcessRequest {
             container_id: id.to_string(),
@@ -496,7 +511,10 @@ impl Sandbox for VmSandbox {
             .await
             .map_err(|e| agent::error("stats", id, e))?;
         let decode = |e: protobuf::Error| {
-            Error::io("decode the guest's metrics", std::io::Error::other(e.to_string()))
+            Error::io(
+                "decode the guest's metrics",
+                std::io::Error::other(e.to_string()),
+            )
         };
         match reply.metrics {
             Some(Metrics::CgroupV2(bytes)) => Ok(Stats::V2(Box::new(
@@ -534,7 +552,9 @@ impl Sandbox for VmSandbox {
         let pid = lock(&self.record).qemu_pid;
         if let Some(client) = client {
             let empty = api::Empty::default();
-            match tokio::time::timeout(STOP_LIMIT, client.destroy_sandbox(agent::ctx(), &empty)).await {
+            match tokio::time::timeout(STOP_LIMIT, client.destroy_sandbox(agent::ctx(), &empty))
+                .await
+            {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => log::warn!("destroy sandbox: {e}"),
                 Err(_) => log::warn!("destroy sandbox: no answer within {STOP_LIMIT:?}"),
@@ -550,7 +570,8 @@ impl Sandbox for VmSandbox {
                 kill(pid);
             }
         }
-        let containers: Vec<(String, Vec<PathBuf>)> = lock(&self.record).containers.clone().into_iter().collect();
+        let containers: Vec<(String, Vec<PathBuf>)> =
+            lock(&self.record).containers.clone().into_iter().collect();
         for (id, mounts) in containers {
             shared::remove(&shared_root(&self.dir).join(&id), &mounts);
         }

@@ -142,6 +142,10 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     if !config.initrd_path.is_empty() {
         args.extend(["-initrd".into(), config.initrd_path.clone()]);
     }
+    if !config.firmware_path.is_empty() {
+        // qboot, say: under TCG it starts the kernel about 0.5 s sooner than SeaBIOS.
+        args.extend(["-bios".into(), config.firmware_path.clone()]);
+    }
     args.extend([
         "-device".into(),
         "virtio-serial-pci,id=serial0".into(),
@@ -158,9 +162,7 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
             vm.shared_dir.display()
         ),
         "-device".into(),
-        format!(
-            "virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"
-        ),
+        format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"),
     ]);
     if !config.entropy_source.is_empty() {
         args.extend([
@@ -289,6 +291,7 @@ mod tests {
             default_max_vcpus: 4,
             memory_size: 512,
             entropy_source: "/dev/urandom".into(),
+            firmware_path: "/usr/share/qemu/qboot.rom".into(),
             kernel_params: vec![Param {
                 key: "agent.log".into(),
                 value: "debug".into(),
@@ -300,14 +303,24 @@ mod tests {
         assert_eq!(value_of(&args, "-smp"), ["2,maxcpus=4"]);
         assert_eq!(value_of(&args, "-m"), ["512M"]);
         assert_eq!(value_of(&args, "-kernel"), ["/usr/share/vessel/vmlinux"]);
-        assert_eq!(value_of(&args, "-initrd"), ["/usr/share/vessel/initramfs.img"]);
+        assert_eq!(
+            value_of(&args, "-initrd"),
+            ["/usr/share/vessel/initramfs.img"]
+        );
         let append = value_of(&args, "-append")[0];
         assert!(append.contains("pci=lastbus=0"), "{append}");
-        assert!(append.ends_with("vessel.port=agent.0 agent.log=debug"), "{append}");
+        assert!(
+            append.ends_with("vessel.port=agent.0 agent.log=debug"),
+            "{append}"
+        );
         let chardev = value_of(&args, "-chardev")[0];
-        assert!(chardev.contains("path=/run/vessel/ns/s1/agent.sock"), "{chardev}");
+        assert!(
+            chardev.contains("path=/run/vessel/ns/s1/agent.sock"),
+            "{chardev}"
+        );
         assert!(value_of(&args, "-fsdev")[0].contains("path=/run/vessel/ns/s1/shared"));
         assert!(value_of(&args, "-object")[0].contains("filename=/dev/urandom"));
+        assert_eq!(value_of(&args, "-bios"), ["/usr/share/qemu/qboot.rom"]);
         let kvm = arguments(&config, &vm(), Accelerator::Kvm);
         assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
@@ -323,5 +336,6 @@ mod tests {
         assert_eq!(value_of(&args, "-smp"), ["1,maxcpus=1"]);
         assert_eq!(value_of(&args, "-m"), ["128M"]);
         assert!(value_of(&args, "-initrd").is_empty());
+        assert!(value_of(&args, "-bios").is_empty());
     }
 }

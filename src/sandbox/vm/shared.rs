@@ -85,13 +85,18 @@ pub async fn add(root: &Path, req: &ContainerRequest) -> Result<Shared> {
     }
 }
 
-async fn place(dir: &Path, req: &ContainerRequest, mounts: &mut Vec<PathBuf>) -> Result<(Spec, String)> {
+async fn place(
+    dir: &Path,
+    req: &ContainerRequest,
+    mounts: &mut Vec<PathBuf>,
+) -> Result<(Spec, String)> {
     let id = &req.id;
     let target = dir.join("rootfs");
     let readonly = req.config.readonly_rootfs;
     if req.rootfs.is_empty() {
         let source = rootfs::target(&req.bundle, &req.config);
-        std::fs::create_dir_all(&target).map_err(|e| Error::io(format!("create {}", target.display()), e))?;
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
         mounts.push(target.clone());
         bind(&source, &target, readonly)?;
     } else {

@@ -29,25 +29,51 @@ pub struct Relays {
 
 /// Starts relays for the streams `stdio` names of process `exec_id` of container `id`;
 /// returns the shim's ends.
-pub fn start(client: &Arc<AgentClient>, id: &str, exec_id: &str, stdio: StdioWanted) -> (ProcessIo, Relays) {
+pub fn start(
+    client: &Arc<AgentClient>,
+    id: &str,
+    exec_id: &str,
+    stdio: StdioWanted,
+) -> (ProcessIo, Relays) {
     let mut io = ProcessIo::default();
     if stdio.stdout || stdio.terminal {
-        io.stdout = Some(Box::new(output(client.clone(), id, exec_id, Output::Stdout)));
+        io.stdout = Some(Box::new(output(
+            client.clone(),
+            id,
+            exec_id,
+            Output::Stdout,
+        )));
     }
     if stdio.stderr && !stdio.terminal {
-        io.stderr = Some(Box::new(output(client.clone(), id, exec_id, Output::Stderr)));
+        io.stderr = Some(Box::new(output(
+            client.clone(),
+            id,
+            exec_id,
+            Output::Stderr,
+        )));
     }
     let mut relays = Relays { stdin: None };
     if stdio.stdin {
-        let (reader, writer) = tokio::io::simplex(CHUNK);
+        // A duplex end, unlike a simplex half, tells the other end when it is dropped.
+        let (reader, writer) = tokio::io::duplex(CHUNK);
         io.stdin = Some(Box::new(writer));
-        relays.stdin = Some(tokio::spawn(input(client.clone(), id.to_string(), exec_id.to_string(), reader)));
+        relays.stdin = Some(tokio::spawn(input(
+            client.clone(),
+            id.to_string(),
+            exec_id.to_string(),
+            reader,
+        )));
     }
     (io, relays)
 }
 
-fn output(client: Arc<AgentClient>, id: &str, exec_id: &str, which: Output) -> impl tokio::io::AsyncRead + Send + Unpin {
-    let (reader, mut writer) = tokio::io::simplex(CHUNK);
+fn output(
+    client: Arc<AgentClient>,
+    id: &str,
+    exec_id: &str,
+    which: Output,
+) -> impl tokio::io::AsyncRead + Send + Unpin {
+    let (reader, mut writer) = tokio::io::duplex(CHUNK);
     let req = api::ReadStreamRequest {
         container_id: id.to_string(),
         exec_id: exec_id.to_string(),
@@ -78,7 +104,12 @@ fn output(client: Arc<AgentClient>, id: &str, exec_id: &str, which: Output) -> i
     reader
 }
 
-async fn input(client: Arc<AgentClient>, id: String, exec_id: String, mut reader: tokio::io::ReadHalf<tokio::io::SimplexStream>) {
+async fn input(
+    client: Arc<AgentClient>,
+    id: String,
+    exec_id: String,
+    mut reader: tokio::io::DuplexStream,
+) {
     let mut buf = vec![0; CHUNK];
     loop {
         match reader.read(&mut buf).await {

@@ -1,0 +1,344 @@
+//! The `vm` backend end to end: the same shim, its configuration switched to
+//! `sandbox_backend = "vm"` (`$DIR/vessel-vm.toml`, written by `scripts/containerd.sh` from
+//! `config/configuration-vm.toml` with this checkout's guest image), every container in a
+//! QEMU virtual machine: through `ctr` (output, exit codes, stdin, tty, exec, ps, pause and
+//! resume, metrics, kill, delete, a QEMU killed under a task, a shim killed) and through CRI
+//! (a pod of two containers in one VM, logs, exec, stats, stop and remove twice).
+//! Afterwards nothing is left: QEMU's command line names the sandbox's state directory, so
+//! [`assert_no_leftovers`] finds a VM that outlived its container.
+
+mod common;
+
+use std::{path::Path, process::Command, thread, time::Duration};
+
+use common::{cri::*, ctr::*, *};
+use k8s_cri::v1::{ContainerStatsRequest, ExecRequest, ExecSyncRequest, NamespaceMode};
+
+/// The vm backend's configuration in the private containerd's directory.
+fn vm_config() -> String {
+    let path = containerd_dir().join("vessel-vm.toml");
+    assert!(
+        path.exists(),
+        "{} is written by scripts/containerd.sh",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// `ctr run --rm` of `cmd` in a VM.
+fn run_vm(id: &str, extra: &[&str], cmd: &[&str]) -> Ctr {
+    let config = vm_config();
+    let mut args = vec!["--runtime-config-path", config.as_str()];
+    args.extend_from_slice(extra);
+    run_rm(id, &args, cmd).timeout(Duration::from_secs(180))
+}
+
+/// `ctr run -d` of `cmd` in a VM; returns once the task runs.
+fn run_vm_detached(id: &str, cmd: &[&str]) {
+    let config = vm_config();
+    let mut args = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        config.as_str(),
+        BUSYBOX,
+        id,
+    ];
+    args.extend_from_slice(cmd);
+    let out = Ctr::new(&args).timeout(Duration::from_secs(180)).run();
+    assert_success("ctr run -d (vm)", &out);
+    wait_status(id, "RUNNING");
+}
+
+/// The pids of the QEMU processes whose command line names `id`.
+fn qemus_of(id: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.cmdline().starts_with("/usr/bin/qemu-system") && p.cmdline().contains(id))
+        .map(|p| p.pid)
+        .collect()
+}
+
+fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+#[test]
+fn a_container_in_a_vm_prints_exits_and_reads_stdin() {
+    let id = unique_id("vm-out");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_vm(
+        &id,
+        &[],
+        &["sh", "-c", "echo to-out; echo to-err >&2; uname -r; exit 7"],
+    )
+    .run();
+    assert_eq!(code(&out), 7, "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("to-out"), "{text:?}");
+    let guest_kernel = lines.next().unwrap_or_default().to_string();
+    assert!(stderr(&out).contains("to-err"), "stderr: {}", stderr(&out));
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let image_kernel = std::fs::read_to_string(common::guest::guest_dir().join("kernel-release"))
+        .unwrap_or_default();
+    assert_eq!(
+        guest_kernel,
+        image_kernel.trim(),
+        "the guest's kernel ran it"
+    );
+    if host_kernel.trim() != image_kernel.trim() {
+        assert_ne!(guest_kernel, host_kernel.trim());
+    }
+    assert_no_leftovers(&id);
+
+    // Every byte of a long output, then stdin to its end.
+    let id = unique_id("vm-seq");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_vm(&id, &[], &["seq", "1", "100000"]).run();
+    assert_success("ctr run seq (vm)", &out);
+    let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        stdout(&out) == expected,
+        "seq: {} bytes of {}",
+        stdout(&out).len(),
+        expected.len()
+    );
+    assert_no_leftovers(&id);
+
+    let input = "first line\nsecond line\nlast line, no newline";
+    let id = unique_id("vm-stdin");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_vm(&id, &[], &["cat"]).stdin(input).run();
+    assert_success("ctr run cat (vm)", &out);
+    assert_eq!(stdout(&out), input);
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn a_terminal_in_a_vm() {
+    let id = unique_id("vm-tty");
+    let _guard = ContainerGuard::new(&id);
+    let config = vm_config();
+    let ctr = ctr_shell_command(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &config,
+        BUSYBOX,
+        &id,
+        "sh",
+        "-c",
+        "tty; exit 5",
+    ]);
+    let out = run_with_limit(
+        "script",
+        &["-qec", &ctr, "/dev/null"],
+        Duration::from_secs(180),
+    );
+    let text = stdout(&out).replace('\r', "");
+    assert!(
+        text.contains("/dev/pts/"),
+        "no pseudo-terminal: {text:?} {}",
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 5, "exit code through the tty: {text:?}");
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn a_detached_task_in_a_vm_through_its_life() {
+    let id = unique_id("vm-life");
+    let _guard = ContainerGuard::new(&id);
+    run_vm_detached(&id, &["sleep", "1000"]);
+    assert_eq!(qemus_of(&id).len(), 1, "one VM for the task");
+
+    let out = ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x1",
+        &id,
+        "sh",
+        "-c",
+        "echo exec-out; exit 3",
+    ]);
+    assert_eq!(stdout(&out), "exec-out\n");
+    assert_eq!(code(&out), 3, "stderr: {}", stderr(&out));
+
+    let ps = ctr_ok(&["task", "ps", &id]);
+    assert!(
+        ps.lines().count() >= 2,
+        "task ps lists the guest's processes: {ps}"
+    );
+
+    ctr_ok(&["task", "pause", &id]);
+    wait_status(&id, "PAUSED");
+    ctr_ok(&["task", "resume", &id]);
+    wait_status(&id, "RUNNING");
+    let out = ctr(&["task", "exec", "--exec-id", "x2", &id, "echo", "thawed"]);
+    assert_eq!(stdout(&out), "thawed\n", "resumed: {}", stderr(&out));
+
+    let metrics = ctr_ok(&["task", "metrics", &id]);
+    let usage = metrics.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let name = f.next()?;
+        let value: u64 = f.next()?.parse().ok()?;
+        (name == "memory.usage" || name == "memory.usage_in_bytes").then_some(value)
+    });
+    assert!(
+        usage.is_some_and(|u| u > 0),
+        "the guest's cgroup figures:\n{metrics}"
+    );
+
+    ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&id, "STOPPED");
+    let out = ctr(&["task", "rm", &id]);
+    assert_success("ctr task rm", &out);
+    assert!(stderr(&out).contains("137"), "exit 137: {}", stderr(&out));
+    ctr_ok(&["containers", "rm", &id]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()),
+        "the shim exits"
+    );
+    assert!(qemus_of(&id).is_empty(), "the VM is gone");
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn a_vm_that_dies_ends_its_task() {
+    let id = unique_id("vm-dies");
+    let _guard = ContainerGuard::new(&id);
+    run_vm_detached(&id, &["sleep", "1000"]);
+    let qemus = qemus_of(&id);
+    assert_eq!(qemus.len(), 1, "{qemus:?}");
+    kill_9(qemus[0]);
+    wait_status(&id, "STOPPED");
+    let out = ctr(&["task", "rm", &id]);
+    assert_success("ctr task rm", &out);
+    assert!(
+        stderr(&out).contains("255"),
+        "a task whose VM died exits 255: {}",
+        stderr(&out)
+    );
+    ctr_ok(&["containers", "rm", &id]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()),
+        "the shim exits"
+    );
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn a_killed_shim_takes_its_vm_and_is_cleaned_up() {
+    let id = unique_id("vm-shim");
+    let _guard = ContainerGuard::new(&id);
+    run_vm_detached(&id, &["sleep", "1000"]);
+    let shims = shims_of(&id);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    kill_9(shims[0]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || qemus_of(&id).is_empty()),
+        "the VM outlived its shim"
+    );
+    assert!(
+        wait_until(CLEANUP_GRACE, || task_status(&id).is_none()),
+        "task {id} still listed"
+    );
+    ctr_ok(&["containers", "rm", &id]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || !Path::new("/run/vessel/default")
+            .join(&id)
+            .exists()),
+        "the sandbox's state is removed"
+    );
+    assert_no_leftovers(&id);
+}
+
+#[tokio::test]
+async fn a_cri_pod_of_two_containers_shares_one_vm() {
+    let logs = LogDir::new("vm-pod");
+    let config = pod_config("vm-pod", &logs.0, NamespaceMode::Pod);
+    let mut cri = Cri::connect().await;
+    let pod = cri
+        .run_pod_with(&config, "vessel-vm")
+        .await
+        .expect("RunPodSandbox (vessel-vm)");
+    let _guard = PodGuard(pod.clone());
+    let script = |name: &str| format!("echo started {name}; hostname; sleep 1000");
+    let first = cri
+        .start_container(&pod, &config, "first", &script("first"))
+        .await;
+    let second = cri
+        .start_container(&pod, &config, "second", &script("second"))
+        .await;
+    assert_eq!(qemus_of(&pod).len(), 1, "one VM for the pod");
+    for id in [&first, &second] {
+        assert!(qemus_of(id).is_empty(), "no VM of its own for {id}");
+    }
+
+    for (name, id) in [("first", &first), ("second", &second)] {
+        let path = logs.0.join(format!("{name}.log"));
+        assert!(
+            wait_until(Duration::from_secs(30), || std::fs::read_to_string(&path)
+                .is_ok_and(
+                    |log| log.contains(&format!("started {name}")) && log.contains("vm-pod")
+                )),
+            "log of {id}: {:?}",
+            std::fs::read_to_string(&path)
+        );
+    }
+
+    let exec = cri
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: second.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo exec-ok; exit 4".into()],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-ok\n");
+    assert_eq!(exec.exit_code, 4);
+    let streamed = cri
+        .exec_stdout(ExecRequest {
+            container_id: first.clone(),
+            cmd: vec!["echo".into(), "streamed".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(streamed, "streamed\n");
+
+    let stats = cri
+        .runtime
+        .container_stats(ContainerStatsRequest {
+            container_id: first.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let usage = stats
+        .memory
+        .and_then(|m| m.working_set_bytes.or(m.usage_bytes))
+        .map(|v| v.value)
+        .unwrap_or_default();
+    assert!(usage > 0, "the guest's memory figures");
+
+    cri.remove_pod(&pod, 2).await;
+    thread::sleep(Duration::from_millis(100));
+    assert!(qemus_of(&pod).is_empty(), "the pod's VM is gone");
+}
