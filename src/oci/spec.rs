@@ -20,7 +20,7 @@ pub fn is_bind(mount: &Mount) -> bool {
 /// parser would be code every idle shim maps.
 pub fn parse_spec(text: &[u8]) -> Result<Spec, Error> {
     let mut json = serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let spec = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let field = e.path().to_string();
         let message = e.into_inner().to_string();
         // serde_json appends the position, which names nothing a user wrote by hand.
@@ -33,7 +33,13 @@ pub fn parse_spec(text: &[u8]) -> Result<Spec, Error> {
             None => message,
         };
         Error::InvalidField { field, reason }
-    })
+    })?;
+    // Whatever follows the document is an error too, as `serde_json::from_slice` has it.
+    json.end().map_err(|e| Error::InvalidField {
+        field: ".".into(),
+        reason: format!("after the spec: {e}"),
+    })?;
+    Ok(spec)
 }
 
 /// The `path` of the device a field path such as `linux.devices[2].type` points into.
@@ -53,6 +59,13 @@ fn device_path(text: &[u8], field: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_after_the_spec_is_an_error() {
+        let error = parse_spec(br#"{"ociVersion": "1.0.2"} trailing"#).unwrap_err();
+        assert!(error.to_string().contains("after the spec"), "{error}");
+        assert!(parse_spec(b"{\"ociVersion\": \"1.0.2\"}\n").is_ok());
+    }
 
     #[test]
     fn a_bad_device_type_names_the_device_and_the_field() {
