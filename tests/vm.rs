@@ -342,3 +342,39 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
     thread::sleep(Duration::from_millis(100));
     assert!(qemus_of(&pod).is_empty(), "the pod's VM is gone");
 }
+
+#[test]
+fn a_vm_that_cannot_boot_fails_create_with_qemus_words_and_leaves_nothing() {
+    let config = std::fs::read_to_string(vm_config()).unwrap();
+    let broken: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel =") {
+                "kernel = \"/nonexistent/vmlinux\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = containerd_dir().join(format!("{}.toml", unique_id("vm-broken")));
+    std::fs::write(&path, broken).unwrap();
+    let id = unique_id("vm-broken");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_rm(
+        &id,
+        &["--runtime-config-path", &path.display().to_string()],
+        &["true"],
+    )
+    .timeout(Duration::from_secs(120))
+    .run();
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("/nonexistent/vmlinux"),
+        "QEMU's own error reaches the user: {}",
+        stderr(&out)
+    );
+    assert!(qemus_of(&id).is_empty());
+    assert_no_leftovers(&id);
+    let _ = std::fs::remove_file(&path);
+}
