@@ -3,8 +3,11 @@
 #   1. median wall time of N `ctr run --rm ... busybox true` per runtime
 #   2. RSS (VmRSS) and PSS (smaps_rollup) of one idle shim per runtime,
 #      each serving a `sleep 1000` container
-#   3. `cargo bench --bench convert` (OCI spec conversion core)
-#   4. `cargo bench --bench guest`: the guest's bare boot to init beside its boot to the
+#   3. the vm backend: median time from `ctr run` to the container's first output, beside a
+#      bare boot of the same kernel and initramfs to init (the floor), and the PSS of one
+#      idle pod (its shim and its QEMU)
+#   4. `cargo bench --bench convert` (OCI spec conversion core)
+#   5. `cargo bench --bench guest`: the guest's bare boot to init beside its boot to the
 #      agent's first health check, the agent's and the initramfs's sizes
 #
 #   scripts/bench.sh   (env: N=20, SHIM_DIR=dir of the release shim, SKIP_CARGO_BENCH=1,
@@ -89,6 +92,71 @@ memory() {
     fi
 }
 
+VM_N=${VM_N:-5}
+VM_CONFIG=$DIR/vessel-vm.toml
+GUEST=${VESSEL_GUEST_DIR:-$REPO/build/guest}
+KERNEL_PARAMS="console=ttyS0 tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
+i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1"
+
+median_of() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f\n", m }'; }
+
+# ms from `ctr run` (vm backend) to the first line the container prints
+vm_first_output_ms() {
+    local i t0 times=() stamp
+    stamp=$(mktemp "$DIR/first.XXXXXX")
+    for ((i = 0; i < VM_N; i++)); do
+        t0=$(now_ns)
+        c run --rm --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "bench-vm-$$-$i" \
+            echo first-output | { IFS= read -r _ && now_ns >"$stamp"; cat >/dev/null; } || { echo failed; return 0; }
+        times+=($((($(cat "$stamp") - t0) / 1000000)))
+    done
+    rm -f "$stamp"
+    printf '%s\n' "${times[@]}" | median_of
+}
+
+# ms from QEMU's start to busybox as init printing a marker: the same QEMU devices, kernel
+# and initramfs as the vm backend, no agent
+vm_floor_ms() {
+    local i t0 t1 times=() console
+    console=$(mktemp "$DIR/console.XXXXXX")
+    for ((i = 0; i < VM_N; i++)); do
+        : >"$console"
+        t0=$(now_ns)
+        qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1,maxcpus=1 -m 512M \
+            -bios /usr/share/qemu/qboot.rom -nodefaults -display none -no-reboot \
+            -kernel "$GUEST/vmlinux" -initrd "$GUEST/initramfs.cpio" \
+            -append "$KERNEL_PARAMS rdinit=/bin/busybox -- echo vessel-floor-marker" \
+            -serial "file:$console" -device virtio-serial-pci,id=serial0 \
+            -fsdev "local,id=shared,path=$DIR,security_model=none" \
+            -device virtio-9p-pci,fsdev=shared,mount_tag=vessel -object rng-random,id=rng0,filename=/dev/urandom \
+            -device virtio-rng-pci,rng=rng0 </dev/null >/dev/null 2>&1 &
+        local qemu=$!
+        until grep -q vessel-floor-marker "$console" 2>/dev/null; do
+            kill -0 "$qemu" 2>/dev/null || { echo failed; return 0; }
+            sleep 0.005
+        done
+        t1=$(now_ns)
+        kill "$qemu" 2>/dev/null || true
+        wait "$qemu" 2>/dev/null || true
+        times+=($(((t1 - t0) / 1000000)))
+    done
+    rm -f "$console"
+    printf '%s\n' "${times[@]}" | median_of
+}
+
+# PSS (KiB) of one idle vm pod: its shim and its QEMU
+vm_pod_pss() {
+    local id="bench-vm-idle-$$" shim qemu pss=0 p
+    c run -d --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "$id" sleep 1000 >/dev/null 2>&1 ||
+        { echo failed; return 0; }
+    sleep 3
+    shim=$(shim_pid containerd-shim-vessel-v2 "$id") || { echo failed; return 0; }
+    qemu=$(pgrep -f "qemu-system-x86_64 .*/$id/agent.sock" | head -n 1)
+    [ -n "$qemu" ] || { echo failed; return 0; }
+    for p in "$shim" "$qemu"; do pss=$((pss + $(kb "/proc/$p/smaps_rollup" Pss))); done
+    echo "$pss $(kb "/proc/$shim/smaps_rollup" Pss) $(kb "/proc/$qemu/smaps_rollup" Pss)"
+}
+
 echo "== startup: median of N=$N 'ctr run --rm ... true'"
 V_MS=$(median_ms "$VESSEL" vessel)
 R_MS=$(median_ms "$RUNC" runc)
@@ -101,6 +169,20 @@ printf '\n%-28s %14s %14s\n' "" "vessel" "runc"
 printf '%-28s %14s %14s\n' "ctr run --rm true (ms)" "$V_MS" "$R_MS"
 printf '%-28s %14s %14s\n' "idle shim RSS (KiB)" "$V_RSS" "$R_RSS"
 printf '%-28s %14s %14s\n\n' "idle shim PSS (KiB)" "$V_PSS" "$R_PSS"
+
+if [ -f "$GUEST/vmlinux" ]; then
+    echo "== vm backend: median of VM_N=$VM_N (QEMU TCG here)"
+    VM_FIRST=$(vm_first_output_ms)
+    VM_FLOOR=$(vm_floor_ms)
+    read -r VM_PSS VM_SHIM_PSS VM_QEMU_PSS < <(vm_pod_pss)
+    printf '%-44s %10s\n' "ctr run to first output, vm backend (ms)" "$VM_FIRST"
+    printf '%-44s %10s\n' "bare boot to init, same VM (ms, the floor)" "$VM_FLOOR"
+    printf '%-44s %10s\n' "idle vm pod PSS: shim + QEMU (KiB)" "$VM_PSS"
+    printf '%-44s %10s\n\n' "  of which shim / QEMU (KiB)" "${VM_SHIM_PSS:-?} / ${VM_QEMU_PSS:-?}"
+    for v in "$VM_FIRST" "$VM_FLOOR" "$VM_PSS"; do [ "$v" != failed ] || FAILED=1; done
+else
+    echo "== vm backend: no guest image in $GUEST (make guest); skipped"
+fi
 
 for v in "$V_MS" "$R_MS" "$V_RSS" "$R_RSS"; do
     [ "$v" != failed ] || FAILED=1

@@ -2,10 +2,12 @@
 //!
 //! - [`oci`]: the conversion core, OCI bundle -> sandbox / container config.
 //! - [`config`]: the runtime configuration file and its allow-lists.
+//! - [`check`]: what this host can do for each backend.
 //! - [`shim`]: the containerd Task service.
 //! - [`sandbox`]: the sandbox backends behind one trait.
 //! - [`protos`]: the guest agent's ttrpc API.
 
+pub mod check;
 pub mod config;
 pub mod convert;
 pub mod logging;

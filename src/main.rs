@@ -1,6 +1,6 @@
 //! `containerd-shim-vessel-v2`: the shim binary containerd starts for `io.containerd.vessel.v2`.
 //!
-//! `convert` is our own debugging subcommand; everything else (`start`, `delete`, the daemon) is
+//! `convert` and `check` are our own subcommands; everything else (`start`, `delete`, the daemon) is
 //! the shim v2 protocol, handled by the containerd-shim crate around [`vessel::shim::Vessel`].
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
@@ -25,7 +25,46 @@ struct ConvertArgs {
     id: Option<String>,
 }
 
+/// Arguments of `containerd-shim-vessel-v2 check`.
+#[derive(Parser)]
+#[command(
+    name = "containerd-shim-vessel-v2 check",
+    about = "Tell what this host can do for vessel's backends (KVM, QEMU, guest image, runc, ...)"
+)]
+struct CheckArgs {
+    /// Configuration file (default: the usual lookup order).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Prints every finding; fails when the configured backend cannot run.
+fn check(args: CheckArgs) -> ExitCode {
+    let config = match vessel::config::Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = vessel::check::check(&config);
+    let mut out = std::io::stdout();
+    for finding in &findings {
+        let _ = writeln!(out, "{finding}");
+    }
+    if findings
+        .iter()
+        .any(|f| f.verdict == vessel::check::Verdict::Fail)
+    {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "check") {
+        return check(CheckArgs::parse_from(std::env::args_os().skip(1)));
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "convert") {
         let args = ConvertArgs::parse_from(std::env::args_os().skip(1));
         return match vessel::convert::convert(
