@@ -77,6 +77,7 @@ $(GUEST_DIR)/initramfs.cpio: $(AGENT) $(REPO)/scripts/build-guest.sh $(wildcard 
 install: build guest
 	install -D -m 0755 $(RELEASE_DIR)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 	install -D -m 0644 $(REPO)/config/configuration.toml $(DESTDIR)/etc/vessel/configuration.toml
+	install -D -m 0644 $(REPO)/config/configuration-vm.toml $(DESTDIR)/etc/vessel/configuration-vm.toml
 	install -D -m 0644 $(GUEST_DIR)/vmlinux $(SHARE_DIR)/vmlinux
 	install -D -m 0644 $(GUEST_DIR)/initramfs.cpio $(SHARE_DIR)/initramfs.img
 
