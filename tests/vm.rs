@@ -12,7 +12,9 @@ mod common;
 use std::{path::Path, process::Command, thread, time::Duration};
 
 use common::{cri::*, ctr::*, *};
-use k8s_cri::v1::{ContainerStatsRequest, ExecRequest, ExecSyncRequest, NamespaceMode};
+use k8s_cri::v1::{
+    ContainerStatsRequest, ExecRequest, ExecSyncRequest, NamespaceMode, PodSandboxStatusRequest,
+};
 
 /// The vm backend's configuration in the private containerd's directory.
 fn vm_config() -> String {
@@ -320,6 +322,83 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
         })
         .await;
     assert_eq!(streamed, "streamed\n");
+
+    // The pod's network reaches the guest: its interface has the address CNI gave the pod
+    // and the pod interface's MAC, and its default route; the pod's namespace redirects
+    // between its interface and the VM's tap.
+    let status = cri
+        .runtime
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("status");
+    let pod_ip = status.network.expect("pod network").ip;
+    assert!(!pod_ip.is_empty(), "CNI gave the pod an address");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new("/run/vessel/k8s.io")
+                .join(&pod)
+                .join("sandbox.json"),
+        )
+        .expect("the sandbox's record"),
+    )
+    .unwrap();
+    let netns = record["network"][0]
+        .as_str()
+        .expect("netns recorded")
+        .to_string();
+    let interface = record["network"][1].as_str().unwrap().to_string();
+    let in_netns = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let host_link = in_netns(&["ip", "-o", "link", "show", "dev", &interface]);
+    let mac = host_link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("the pod interface's MAC")
+        .to_string();
+    for dev in [interface.as_str(), "tap0_vessel"] {
+        let filters = in_netns(&["tc", "filter", "show", "dev", dev, "ingress"]);
+        assert!(filters.contains("mirred"), "redirect on {dev}: {filters}");
+    }
+    let guest = cri
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: first.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "ip addr; ip route".into()],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync ip")
+        .into_inner();
+    let guest = String::from_utf8_lossy(&guest.stdout).into_owned();
+    assert!(
+        guest.contains(&format!("inet {pod_ip}/")),
+        "the pod's address in the guest:\n{guest}"
+    );
+    assert!(
+        guest.contains(&mac),
+        "the pod interface's MAC in the guest:\n{guest}"
+    );
+    // The test network has no default route: its subnet's route must be there.
+    for route in in_netns(&["ip", "-o", "route", "show", "dev", &interface]).lines() {
+        let destination = route.split_whitespace().next().unwrap_or_default();
+        assert!(
+            guest.contains(destination),
+            "route {route} in the guest:\n{guest}"
+        );
+    }
 
     let stats = cri
         .runtime

@@ -6,6 +6,7 @@
 mod error;
 mod init;
 mod modules;
+mod network;
 mod paths;
 mod processes;
 mod reaper;
@@ -160,6 +161,9 @@ async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
         .register_service(agent_ttrpc::create_agent(service));
     server.start().await.map_err(|e| format!("serve: {e}"))?;
     log::info!("vessel-agent {} serving", env!("CARGO_PKG_VERSION"));
+    if pid1 {
+        network::loopback_up().await;
+    }
     if let Some(mut modules) = settings.later_modules.take() {
         // A thread of its own, behind the host's first requests on the one vCPU: the first
         // container's create was measured 200 ms later while these loaded at the same

@@ -540,6 +540,15 @@ impl agent_ttrpc::Agent for AgentService {
         })
     }
 
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdateInterfaceRequest,
+    ) -> Reply<api::Empty> {
+        crate::network::update_interface(&req).await?;
+        Ok(empty())
+    }
+
     async fn check(&self, _: &TtrpcContext, _: api::Empty) -> Reply<api::HealthCheckResponse> {
         Ok(api::HealthCheckResponse {
             serving: true,

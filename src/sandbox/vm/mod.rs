@@ -4,16 +4,19 @@
 //!
 //! - [`qemu`]: the command line from the `HypervisorConfig`, the accelerator probe, the process.
 //! - [`agent`]: the connection to the guest agent and its errors.
+//! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
 
 mod agent;
+mod network;
 mod qemu;
 mod shared;
 mod streams;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -33,7 +36,7 @@ use super::{
     Started, Stats, StdioWanted,
 };
 use crate::{
-    oci::{SandboxConfig, SharedFs},
+    oci::{InterworkingModel, SandboxConfig, SharedFs},
     protos::{
         agent::{self as api, container_stats_response::Metrics},
         agent_ttrpc::AgentClient,
@@ -56,6 +59,8 @@ pub struct Record {
     pub qemu_pid: Option<u32>,
     /// Each container, with the mount points made for it in the shared directory.
     pub containers: BTreeMap<String, Vec<PathBuf>>,
+    /// The pod's network namespace and the interface redirected to the VM's tap.
+    pub network: Option<(PathBuf, String)>,
 }
 
 fn shared_root(dir: &Path) -> PathBuf {
@@ -72,10 +77,10 @@ pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
         return SandboxRecord::Vm(record).save(dir);
     }
     if let Some(pid) = record.qemu_pid.filter(|pid| qemu::is_ours(*pid, dir)) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        kill(pid);
+    }
+    if let Some((netns, interface)) = &record.network {
+        network::detach(netns, interface);
     }
     remove_state(dir)
 }
@@ -142,11 +147,12 @@ impl VmSandbox {
         config: &SandboxConfig,
         vm: &qemu::Vm,
         accelerator: qemu::Accelerator,
+        tap: Option<RawFd>,
     ) -> Result<(AgentClient, tokio::sync::oneshot::Receiver<i32>)> {
         let hypervisor = &config.hypervisor_config;
         let args = qemu::arguments(hypervisor, vm, accelerator);
         log::debug!("starting {} {}", hypervisor.hypervisor_path, args.join(" "));
-        let mut started = qemu::launch(&hypervisor.hypervisor_path, &args, vm).await?;
+        let mut started = qemu::launch(&hypervisor.hypervisor_path, &args, vm, tap).await?;
         self.save(|r| r.qemu_pid = Some(started.pid))?;
         let limit = match accelerator {
             qemu::Accelerator::Kvm => KVM_BOOT_LIMIT,
@@ -178,6 +184,31 @@ impl VmSandbox {
                 Err(e)
             }
         }
+    }
+
+    /// Mirrors the pod's network namespace into the VM (kata's `tcfilter`), recorded first.
+    fn attach_network(&self, config: &SandboxConfig) -> Result<Option<network::Attached>> {
+        let wanted = &config.network_config;
+        let Some(netns) = network::namespace(&wanted.net_ns_path) else {
+            return Ok(None);
+        };
+        match wanted.interworking_model {
+            InterworkingModel::TcFilter | InterworkingModel::Default => {}
+            InterworkingModel::None => return Ok(None),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "internetworking_model {:?}: the vm backend connects pods with \"tcfilter\" \
+                     (accepted: \"tcfilter\", \"default\", \"none\")",
+                    other.as_str()
+                )))
+            }
+        }
+        let attached = network::attach(&netns)?;
+        if let Some(attached) = &attached {
+            let name = attached.interface.name.clone();
+            self.save(|r| r.network = Some((netns.clone(), name)))?;
+        }
+        Ok(attached)
     }
 
     /// Runs the per-sandbox watchers: QEMU's death, OOM events.
@@ -257,6 +288,30 @@ impl VmSandbox {
     }
 }
 
+/// Gives the guest's interface the pod interface's addresses, MTU and routes.
+async fn configure_interface(client: &AgentClient, interface: &network::Interface) -> Result<()> {
+    let req = api::UpdateInterfaceRequest {
+        mac: interface.mac.clone(),
+        addresses: interface.addresses.clone(),
+        mtu: interface.mtu,
+        routes: interface
+            .routes
+            .iter()
+            .map(|(destination, gateway)| api::Route {
+                destination: destination.clone(),
+                gateway: gateway.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    client
+        .update_interface(agent::ctx(), &req)
+        .await
+        .map(drop)
+        .map_err(|e| agent::error("network", &interface.name, e))
+}
+
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -301,6 +356,7 @@ impl Sandbox for VmSandbox {
             .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
         // Recorded before QEMU exists, so that a crash at any step is cleaned up.
         self.save(|_| ())?;
+        let attached = self.attach_network(config)?;
         let vm = qemu::Vm {
             agent_socket: self.dir.join("agent.sock"),
             shared_dir: shared,
@@ -310,15 +366,20 @@ impl Sandbox for VmSandbox {
             } else {
                 String::new()
             },
+            nic_mac: attached.as_ref().map(|a| a.interface.mac.clone()),
         };
+        let tap = attached.as_ref().map(|a| a.tap.as_raw_fd());
         let mut last_error = None;
         for accelerator in qemu::accelerators() {
-            match self.boot(config, &vm, accelerator).await {
+            match self.boot(config, &vm, accelerator, tap).await {
                 Ok((client, exited)) => {
                     if accelerator == qemu::Accelerator::Kvm {
                         qemu::record_kvm(true, "");
                     }
                     log::info!("sandbox {} booted ({accelerator:?})", config.id);
+                    if let Some(attached) = &attached {
+                        configure_interface(&client, &attached.interface).await?;
+                    }
                     let client = Arc::new(client);
                     self.watch(client.clone(), exited);
                     *lock(&self.client) = Some(client);
@@ -550,7 +611,7 @@ impl Sandbox for VmSandbox {
         self.stopping.store(true, Ordering::SeqCst);
         let client = lock(&self.client).take();
         let pid = lock(&self.record).qemu_pid;
-        if let Some(client) = client {
+        if let Some(client) = &client {
             let empty = api::Empty::default();
             match tokio::time::timeout(STOP_LIMIT, client.destroy_sandbox(agent::ctx(), &empty))
                 .await
@@ -558,6 +619,12 @@ impl Sandbox for VmSandbox {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => log::warn!("destroy sandbox: {e}"),
                 Err(_) => log::warn!("destroy sandbox: no answer within {STOP_LIMIT:?}"),
+            }
+        }
+        if let (Some(pid), None) = (pid, &client) {
+            // No agent to power the guest off (a boot that failed): nothing to wait for.
+            if qemu::is_ours(pid, &self.dir) {
+                kill(pid);
             }
         }
         if let Some(pid) = pid {

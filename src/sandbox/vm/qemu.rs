@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    os::unix::process::CommandExt,
+    os::{fd::RawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -91,6 +91,9 @@ pub struct Vm {
     pub qemu_log: PathBuf,
     /// Guest kernel parameters of the agent (`vessel.*`).
     pub agent_params: String,
+    /// The MAC address of the guest's interface to the pod network, if it has one (its tap
+    /// is QEMU's descriptor 3).
+    pub nic_mac: Option<String>,
 }
 
 /// QEMU's arguments for `vm` with `config`, under `accelerator`.
@@ -164,6 +167,14 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         "-device".into(),
         format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"),
     ]);
+    if let Some(mac) = &vm.nic_mac {
+        args.extend([
+            "-netdev".into(),
+            "tap,id=net0,fd=3,vhost=off".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net0,mac={mac}"),
+        ]);
+    }
     if !config.entropy_source.is_empty() {
         args.extend([
             "-object".into(),
@@ -184,8 +195,8 @@ pub struct Qemu {
 }
 
 /// Starts QEMU `binary` with `args`: its console (stdout) to the shim's log, its own messages
-/// to `vm.qemu_log`; it dies with the shim.
-pub async fn launch(binary: &str, args: &[String], vm: &Vm) -> Result<Qemu> {
+/// to `vm.qemu_log`, `tap` as its descriptor 3; it dies with the shim.
+pub async fn launch(binary: &str, args: &[String], vm: &Vm, tap: Option<RawFd>) -> Result<Qemu> {
     let log = File::create(&vm.qemu_log)
         .map_err(|e| Error::io(format!("create {}", vm.qemu_log.display()), e))?;
     let mut command = Command::new(binary);
@@ -194,9 +205,13 @@ pub async fn launch(binary: &str, args: &[String], vm: &Vm) -> Result<Qemu> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: prctl, dup2 and fcntl are async-signal-safe; nothing else runs between fork
+    // and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            if let Some(tap) = tap {
+                super::network::pass_as_fd3(tap)?;
+            }
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
         });
@@ -271,6 +286,7 @@ mod tests {
             shared_dir: "/run/vessel/ns/s1/shared".into(),
             qemu_log: "/run/vessel/ns/s1/qemu.log".into(),
             agent_params: "vessel.port=agent.0".into(),
+            nic_mac: None,
         }
     }
 
@@ -321,6 +337,15 @@ mod tests {
         assert!(value_of(&args, "-fsdev")[0].contains("path=/run/vessel/ns/s1/shared"));
         assert!(value_of(&args, "-object")[0].contains("filename=/dev/urandom"));
         assert_eq!(value_of(&args, "-bios"), ["/usr/share/qemu/qboot.rom"]);
+        assert!(value_of(&args, "-netdev").is_empty());
+        let with_nic = Vm {
+            nic_mac: Some("6e:0a:12:34:56:78".into()),
+            ..vm()
+        };
+        let args = arguments(&config, &with_nic, Accelerator::Tcg);
+        assert_eq!(value_of(&args, "-netdev"), ["tap,id=net0,fd=3,vhost=off"]);
+        assert!(value_of(&args, "-device")
+            .contains(&"virtio-net-pci,netdev=net0,mac=6e:0a:12:34:56:78"));
         let kvm = arguments(&config, &vm(), Accelerator::Kvm);
         assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);

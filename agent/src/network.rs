@@ -1,0 +1,243 @@
+//! The guest's side of the pod network: the interface QEMU gives the guest carries the MAC of
+//! the pod's interface on the host, and gets its addresses, MTU and routes (busybox `ip`).
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use vessel::protos::agent as api;
+
+use crate::error::Refused;
+
+/// The `ip` the guest image has.
+const IP: &str = "/bin/busybox";
+/// How long the interface may take to appear (virtio_net loads once the agent serves).
+const APPEAR_LIMIT: Duration = Duration::from_secs(10);
+
+fn malformed(field: &'static str, value: &str, accepted: &str) -> Refused {
+    Refused::Malformed {
+        field,
+        message: format!("{value:?}: accepted: {accepted}"),
+    }
+}
+
+/// Checks `a.b.c.d/n` (or IPv6): an address and a prefix length that fits it.
+fn check_cidr(field: &'static str, value: &str) -> Result<(), Refused> {
+    let bad = || {
+        malformed(
+            field,
+            value,
+            "an address with a prefix length, e.g. 10.88.0.5/16",
+        )
+    };
+    let (address, prefix) = value.split_once('/').ok_or_else(bad)?;
+    let address: IpAddr = address.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_mac(mac: &str) -> Result<(), Refused> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let fits = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if fits {
+        Ok(())
+    } else {
+        Err(malformed(
+            "mac",
+            mac,
+            "six hex pairs, e.g. 02:42:ac:11:00:02",
+        ))
+    }
+}
+
+/// The `ip` commands that configure interface `name` as `req` says, after checking every
+/// value (none can pass for an option).
+pub fn commands(
+    req: &api::UpdateInterfaceRequest,
+    name: &str,
+) -> Result<Vec<Vec<String>>, Refused> {
+    check_mac(&req.mac)?;
+    let mut commands = Vec::new();
+    let ip = |args: &[&str]| -> Vec<String> {
+        std::iter::once("ip")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect()
+    };
+    if req.mtu > 0 {
+        if !(68..=65535).contains(&req.mtu) {
+            return Err(malformed("mtu", &req.mtu.to_string(), "68 to 65535"));
+        }
+        commands.push(ip(&[
+            "link",
+            "set",
+            "dev",
+            name,
+            "mtu",
+            &req.mtu.to_string(),
+        ]));
+    }
+    commands.push(ip(&["link", "set", "dev", name, "up"]));
+    for address in &req.addresses {
+        check_cidr("addresses", address)?;
+        commands.push(ip(&["addr", "add", address, "dev", name]));
+    }
+    for route in &req.routes {
+        let destination = route.destination.as_str();
+        if destination != "default" {
+            check_cidr("routes.destination", destination)?;
+        }
+        let mut args = vec!["route", "add", destination];
+        if !route.gateway.is_empty() {
+            route
+                .gateway
+                .parse::<IpAddr>()
+                .map_err(|_| malformed("routes.gateway", &route.gateway, "an address"))?;
+            args.extend(["via", route.gateway.as_str()]);
+        }
+        args.extend(["dev", name]);
+        commands.push(ip(&args));
+    }
+    Ok(commands)
+}
+
+/// The name of the interface with MAC address `mac`, once it appears.
+async fn interface_with(mac: &str) -> Result<String, Refused> {
+    let deadline = Instant::now() + APPEAR_LIMIT;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+            for entry in entries.flatten() {
+                let address =
+                    std::fs::read_to_string(entry.path().join("address")).unwrap_or_default();
+                if address.trim().eq_ignore_ascii_case(mac) {
+                    return Ok(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Refused::Backend(vessel::sandbox::Error::NotFound(format!(
+                "no guest interface with MAC {mac}"
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs one `ip` command.
+async fn run(args: &[String]) -> Result<(), Refused> {
+    let out = tokio::process::Command::new(IP)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| Refused::Backend(vessel::sandbox::Error::io(format!("run {IP} ip"), e)))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Refused::Backend(vessel::sandbox::Error::Runtime {
+            op: "configure the network",
+            id: args.join(" "),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }))
+    }
+}
+
+/// Configures the guest's interface with the request's MAC address.
+pub async fn update_interface(req: &api::UpdateInterfaceRequest) -> Result<(), Refused> {
+    check_mac(&req.mac)?;
+    commands(req, "probe")?;
+    let name = interface_with(&req.mac).await?;
+    for command in commands(req, &name)? {
+        run(&command).await?;
+    }
+    log::info!(
+        "interface {name} ({}) configured: {:?}",
+        req.mac,
+        req.addresses
+    );
+    Ok(())
+}
+
+/// Brings the loopback interface up.
+pub async fn loopback_up() {
+    if !Path::new(IP).exists() {
+        return;
+    }
+    let up = ["ip", "link", "set", "dev", "lo", "up"].map(String::from);
+    if let Err(e) = run(&up).await {
+        log::warn!("loopback: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> api::UpdateInterfaceRequest {
+        api::UpdateInterfaceRequest {
+            mac: "02:42:0a:58:1e:05".into(),
+            addresses: vec!["10.88.30.5/24".into()],
+            mtu: 1500,
+            routes: vec![api::Route {
+                destination: "default".into(),
+                gateway: "10.88.30.1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_host_interface_becomes_ip_commands() {
+        let commands = commands(&request(), "eth0").unwrap();
+        let lines: Vec<String> = commands.iter().map(|c| c.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "ip link set dev eth0 mtu 1500",
+                "ip link set dev eth0 up",
+                "ip addr add 10.88.30.5/24 dev eth0",
+                "ip route add default via 10.88.30.1 dev eth0"
+            ]
+        );
+    }
+
+    #[test]
+    fn values_that_are_no_address_are_refused_naming_the_field() {
+        let mut bad = request();
+        bad.addresses = vec!["-f inet".into()];
+        assert!(commands(&bad, "eth0")
+            .unwrap_err()
+            .to_string()
+            .starts_with("addresses"));
+        let mut bad = request();
+        bad.addresses = vec!["10.0.0.1/33".into()];
+        assert!(commands(&bad, "eth0").is_err());
+        let mut bad = request();
+        bad.mac = "02:42:0a:58:1e".into();
+        assert!(commands(&bad, "eth0")
+            .unwrap_err()
+            .to_string()
+            .starts_with("mac"));
+        let mut bad = request();
+        bad.routes[0].gateway = "gw".into();
+        assert!(commands(&bad, "eth0")
+            .unwrap_err()
+            .to_string()
+            .starts_with("routes.gateway"));
+        let mut bad = request();
+        bad.mtu = 20;
+        assert!(commands(&bad, "eth0")
+            .unwrap_err()
+            .to_string()
+            .starts_with("mtu"));
+    }
+}
