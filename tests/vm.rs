@@ -2,8 +2,9 @@
 //! `sandbox_backend = "vm"` (`$DIR/vessel-vm.toml`, written by `scripts/containerd.sh` from
 //! `config/configuration-vm.toml` with this checkout's guest image), every container in a
 //! QEMU virtual machine: through `ctr` (output, exit codes, stdin, tty, exec, ps, pause and
-//! resume, metrics, kill, delete, a QEMU killed under a task, a shim killed) and through CRI
-//! (a pod of two containers in one VM, logs, exec, stats, stop and remove twice).
+//! resume, metrics, kill, delete, events in order, an OOM kill, a QEMU killed under a task, a
+//! shim killed, a guest that cannot boot) and through CRI (a pod of two containers in one VM,
+//! its network mirrored into the guest, logs, exec, stats, stop and remove twice).
 //! Afterwards nothing is left: QEMU's command line names the sandbox's state directory, so
 //! [`assert_no_leftovers`] finds a VM that outlived its container.
 
@@ -456,4 +457,48 @@ fn a_vm_that_cannot_boot_fails_create_with_qemus_words_and_leaves_nothing() {
     assert!(qemus_of(&id).is_empty());
     assert_no_leftovers(&id);
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_vm_task_publishes_its_events_in_order_and_its_oom_kill() {
+    let events = EventWatcher::start();
+    let id = unique_id("vm-events");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_vm(&id, &[], &["sh", "-c", "exit 3"]).run();
+    assert_eq!(code(&out), 3, "stderr: {}", stderr(&out));
+    let needle = format!("\"container_id\":\"{id}\"");
+    let expected = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    let mut topics = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        topics = events.topics_matching(&needle);
+        topics.len() >= expected.len()
+    });
+    assert_eq!(topics, expected, "events of {id}");
+    assert!(events
+        .lines_of("/tasks/exit", &needle)
+        .iter()
+        .all(|l| l.contains("\"exit_status\":3")));
+    assert_no_leftovers(&id);
+
+    let id = unique_id("vm-oom");
+    let _guard = ContainerGuard::new(&id);
+    let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived";
+    let out = run_vm(&id, &["--memory-limit", "33554432"], &["sh", "-c", hog]).run();
+    assert_eq!(code(&out), 137, "stdout: {}", stdout(&out));
+    let needle = format!("\"container_id\":\"{id}\"");
+    wait_until(Duration::from_secs(10), || {
+        topics = events.topics_matching(&needle);
+        topics.iter().any(|t| t == "/tasks/delete")
+    });
+    assert!(
+        topics.iter().any(|t| t == "/tasks/oom"),
+        "an OOM event: {topics:?}"
+    );
+    drop(events);
+    assert_no_leftovers(&id);
 }
