@@ -19,6 +19,10 @@ BASE_PACKAGES=(
     bsdutils                                         # script(1): tty tests
 )
 VM_PACKAGES=(qemu-system-x86)
+# virtiofsd is not in bookworm: built from crates.io (what it links, and the version).
+VIRTIOFSD=/usr/libexec/virtiofsd
+VIRTIOFSD_VERSION=1.14.0
+VIRTIOFSD_BUILD_PACKAGES=(libseccomp-dev libcap-ng-dev pkg-config)
 # The guest image (make guest): Debian's kernel and its modules, and the tools that unpack
 # and pack them.
 GUEST_PACKAGES=(linux-image-amd64 cpio xz-utils zstd kmod)
@@ -117,8 +121,27 @@ vm() {
     fi
 }
 
+# virtiofsd for shared_fs = "virtio-fs", built once with cargo.
+virtiofsd() {
+    if [ -x "$VIRTIOFSD" ] && "$VIRTIOFSD" --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
+        log "virtiofsd $VIRTIOFSD_VERSION present"
+        return 0
+    fi
+    local missing=() p root
+    for p in "${VIRTIOFSD_BUILD_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_update
+        apt_install "${missing[@]}"
+    fi
+    root=$(mktemp -d /tmp/virtiofsd.XXXXXX)
+    log "building virtiofsd $VIRTIOFSD_VERSION (crates.io)"
+    cargo install --quiet --locked --version "$VIRTIOFSD_VERSION" --root "$root" virtiofsd
+    as_root install -D -m 0755 "$root/bin/virtiofsd" "$VIRTIOFSD"
+    rm -rf "$root"
+}
+
 case "${1:-base}" in
     base) base ;;
-    vm) vm ;;
+    vm) vm && virtiofsd ;;
     *) echo "usage: $0 [base|vm]" >&2; exit 2 ;;
 esac

@@ -163,7 +163,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
         } else {
             Verdict::Warn
         },
-        "Debian bookworm has no virtiofsd (crates.io does); shared_fs = \"virtio-9p\" needs none",
+        "make deps-vm builds it from crates.io (Debian bookworm has none); shared_fs = \"virtio-9p\" needs none",
     );
 
     findings.push(match config.runtime.oci_runtime_binary() {

@@ -502,3 +502,68 @@ fn a_vm_task_publishes_its_events_in_order_and_its_oom_kill() {
     drop(events);
     assert_no_leftovers(&id);
 }
+
+/// The vm configuration with `key = value` lines replaced, written next to it.
+fn vm_config_with(name: &str, replace: &[(&str, &str)]) -> String {
+    let text = std::fs::read_to_string(vm_config()).unwrap();
+    let changed: Vec<String> = text
+        .lines()
+        .map(|line| {
+            replace
+                .iter()
+                .find(|(key, _)| line.starts_with(&format!("{key} =")))
+                .map(|(key, value)| format!("{key} = {value}"))
+                .unwrap_or_else(|| line.to_string())
+        })
+        .collect();
+    let path = containerd_dir().join(name);
+    std::fs::write(&path, changed.join("\n")).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn volumes_reach_the_guest_read_only_over_9p_and_virtio_fs() {
+    let volume = containerd_dir().join(unique_id("vm-volume"));
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("hello.txt"), "volume says hi\n").unwrap();
+    let virtio_fs = vm_config_with(
+        "vessel-vm-virtiofs.toml",
+        &[
+            ("shared_fs", "\"virtio-fs\""),
+            ("virtio_fs_daemon", "\"/usr/libexec/virtiofsd\""),
+        ],
+    );
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        volume.display()
+    );
+    let script = "cat /data/hello.txt; cat /bin/busybox >/dev/null && echo image-readable; \
+                  (echo x > /data/new) 2>/dev/null && echo writable || echo read-only";
+    for (what, config) in [("9p", vm_config()), ("virtio-fs", virtio_fs)] {
+        let id = unique_id("vm-vol");
+        let _guard = ContainerGuard::new(&id);
+        let out = run_rm(
+            &id,
+            &["--runtime-config-path", &config, "--mount", &mount],
+            &["sh", "-c", script],
+        )
+        .timeout(Duration::from_secs(180))
+        .run();
+        assert_eq!(
+            stdout(&out),
+            "volume says hi\nimage-readable\nread-only\n",
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !volume.join("new").exists(),
+            "{what}: the guest wrote the volume"
+        );
+        assert!(
+            processes().iter().all(|p| !p.cmdline().contains(&id)),
+            "{what}: QEMU or virtiofsd left"
+        );
+        assert_no_leftovers(&id);
+    }
+    let _ = std::fs::remove_dir_all(&volume);
+}

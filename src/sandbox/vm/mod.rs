@@ -7,12 +7,14 @@
 //! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
+//! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
 
 mod agent;
 mod network;
 mod qemu;
 mod shared;
 mod streams;
+mod virtiofs;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -61,6 +63,8 @@ pub struct Record {
     pub containers: BTreeMap<String, Vec<PathBuf>>,
     /// The pod's network namespace and the interface redirected to the VM's tap.
     pub network: Option<(PathBuf, String)>,
+    /// virtiofsd's pid, when the shared directory is virtio-fs.
+    pub virtiofsd_pid: Option<u32>,
 }
 
 fn shared_root(dir: &Path) -> PathBuf {
@@ -76,8 +80,13 @@ pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
     if !record.containers.is_empty() {
         return SandboxRecord::Vm(record).save(dir);
     }
-    if let Some(pid) = record.qemu_pid.filter(|pid| qemu::is_ours(*pid, dir)) {
-        kill(pid);
+    for pid in [record.qemu_pid, record.virtiofsd_pid]
+        .into_iter()
+        .flatten()
+    {
+        if qemu::is_ours(pid, dir) {
+            kill(pid);
+        }
     }
     if let Some((netns, interface)) = &record.network {
         network::detach(netns, interface);
@@ -184,6 +193,26 @@ impl VmSandbox {
                 Err(e)
             }
         }
+    }
+
+    /// Starts virtiofsd when the shared directory is virtio-fs (recorded first); its socket.
+    fn start_virtiofsd(&self, config: &SandboxConfig, shared: &Path) -> Result<Option<PathBuf>> {
+        let hypervisor = &config.hypervisor_config;
+        if hypervisor.shared_fs != SharedFs::VirtioFs {
+            return Ok(None);
+        }
+        let binary = &hypervisor.virtio_fs_daemon;
+        if binary.is_empty() || !Path::new(binary).exists() {
+            return Err(Error::Unsupported(format!(
+                "shared_fs \"virtio-fs\" needs virtiofsd: virtio_fs_daemon {binary:?} does not \
+                 exist (install it, or set shared_fs = \"virtio-9p\")"
+            )));
+        }
+        let socket = virtiofs::socket(&self.dir);
+        let log = self.dir.join("virtiofsd.log");
+        let daemon = virtiofs::start(binary, shared, &socket, hypervisor.virtio_fs_cache, &log)?;
+        self.save(|r| r.virtiofsd_pid = Some(daemon.pid))?;
+        Ok(Some(socket))
     }
 
     /// Mirrors the pod's network namespace into the VM (kata's `tcfilter`), recorded first.
@@ -312,6 +341,7 @@ async fn configure_interface(client: &AgentClient, interface: &network::Interfac
         .map_err(|e| agent::error("network", &interface.name, e))
 }
 
+/// SIGKILLs `pid`.
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -344,28 +374,26 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 impl Sandbox for VmSandbox {
     async fn start(&self, config: &SandboxConfig) -> Result<()> {
         let hypervisor = &config.hypervisor_config;
-        if hypervisor.shared_fs != SharedFs::Virtio9p {
-            return Err(Error::Unsupported(format!(
-                "shared_fs {:?}: the vm backend shares files over virtio-9p only so far \
-                 (accepted: \"virtio-9p\")",
-                hypervisor.shared_fs.as_str()
-            )));
-        }
         let shared = shared_root(&self.dir);
         std::fs::create_dir_all(&shared)
             .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
         // Recorded before QEMU exists, so that a crash at any step is cleaned up.
         self.save(|_| ())?;
         let attached = self.attach_network(config)?;
+        let virtio_fs_socket = self.start_virtiofsd(config, &shared)?;
+        let mut agent_params = vec![format!(
+            "vessel.shared_fs={}",
+            hypervisor.shared_fs.as_str()
+        )];
+        if log::log_enabled!(log::Level::Debug) {
+            agent_params.push("vessel.debug=1".into());
+        }
         let vm = qemu::Vm {
             agent_socket: self.dir.join("agent.sock"),
             shared_dir: shared,
             qemu_log: self.dir.join("qemu.log"),
-            agent_params: if log::log_enabled!(log::Level::Debug) {
-                "vessel.debug=1".into()
-            } else {
-                String::new()
-            },
+            agent_params: agent_params.join(" "),
+            virtio_fs_socket,
             nic_mac: attached.as_ref().map(|a| a.interface.mac.clone()),
         };
         let tap = attached.as_ref().map(|a| a.tap.as_raw_fd());
@@ -621,6 +649,7 @@ impl Sandbox for VmSandbox {
                 Err(_) => log::warn!("destroy sandbox: no answer within {STOP_LIMIT:?}"),
             }
         }
+        let virtiofsd = lock(&self.record).virtiofsd_pid;
         if let (Some(pid), None) = (pid, &client) {
             // No agent to power the guest off (a boot that failed): nothing to wait for.
             if qemu::is_ours(pid, &self.dir) {
@@ -636,6 +665,19 @@ impl Sandbox for VmSandbox {
                 log::warn!("QEMU {pid} did not power off: killed");
                 kill(pid);
             }
+        }
+        // virtiofsd ends with QEMU's connection; one that did not is killed.
+        if let Some(pid) = virtiofsd.filter(|pid| qemu::is_ours(*pid, &self.dir)) {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while qemu::is_ours(pid, &self.dir) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if qemu::is_ours(pid, &self.dir) {
+                kill(pid);
+            }
+        }
+        if let Some((netns, interface)) = lock(&self.record).network.clone() {
+            network::detach(&netns, &interface);
         }
         let containers: Vec<(String, Vec<PathBuf>)> =
             lock(&self.record).containers.clone().into_iter().collect();

@@ -94,6 +94,8 @@ pub struct Vm {
     /// The MAC address of the guest's interface to the pod network, if it has one (its tap
     /// is QEMU's descriptor 3).
     pub nic_mac: Option<String>,
+    /// virtiofsd's socket when the shared directory is virtio-fs (else 9p).
+    pub virtio_fs_socket: Option<PathBuf>,
 }
 
 /// QEMU's arguments for `vm` with `config`, under `accelerator`.
@@ -159,14 +161,29 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         ),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
-        "-fsdev".into(),
-        format!(
-            "local,id=shared,path={},security_model=none",
-            vm.shared_dir.display()
-        ),
-        "-device".into(),
-        format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"),
     ]);
+    match &vm.virtio_fs_socket {
+        Some(socket) => args.extend([
+            // vhost-user needs the guest's memory shared with virtiofsd.
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={memory}M,share=on"),
+            "-numa".into(),
+            "node,memdev=mem".into(),
+            "-chardev".into(),
+            format!("socket,id=vfs,path={}", socket.display()),
+            "-device".into(),
+            format!("vhost-user-fs-pci,chardev=vfs,tag={SHARED_TAG}"),
+        ]),
+        None => args.extend([
+            "-fsdev".into(),
+            format!(
+                "local,id=shared,path={},security_model=none",
+                vm.shared_dir.display()
+            ),
+            "-device".into(),
+            format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"),
+        ]),
+    }
     if let Some(mac) = &vm.nic_mac {
         args.extend([
             "-netdev".into(),
@@ -287,6 +304,7 @@ mod tests {
             qemu_log: "/run/vessel/ns/s1/qemu.log".into(),
             agent_params: "vessel.port=agent.0".into(),
             nic_mac: None,
+            virtio_fs_socket: None,
         }
     }
 
@@ -346,6 +364,16 @@ mod tests {
         assert_eq!(value_of(&args, "-netdev"), ["tap,id=net0,fd=3,vhost=off"]);
         assert!(value_of(&args, "-device")
             .contains(&"virtio-net-pci,netdev=net0,mac=6e:0a:12:34:56:78"));
+        let virtio_fs = Vm {
+            virtio_fs_socket: Some("/run/vessel/ns/s1/virtiofs.sock".into()),
+            ..vm()
+        };
+        let args = arguments(&config, &virtio_fs, Accelerator::Tcg);
+        assert!(value_of(&args, "-fsdev").is_empty());
+        assert!(value_of(&args, "-device").contains(&"vhost-user-fs-pci,chardev=vfs,tag=vessel"));
+        assert!(
+            value_of(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on")
+        );
         let kvm = arguments(&config, &vm(), Accelerator::Kvm);
         assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
