@@ -417,10 +417,10 @@ fn runtime_config_path_is_honoured() {
             "runtime.oci_runtime",
         ),
         (
-            // The vm backend with the default virtio-fs, which it does not do yet.
+            // The vm backend, with a kernel QEMU cannot find: QEMU's words reach the user.
             "vm.toml",
-            "[runtime]\nsandbox_backend = \"vm\"\n",
-            "shared_fs",
+            "[runtime]\nsandbox_backend = \"vm\"\n[hypervisor.qemu]\nkernel = \"/nonexistent/vmlinux\"\nshared_fs = \"virtio-9p\"\n",
+            "/nonexistent/vmlinux",
         ),
     ];
     for (name, text, key) in cases {
