@@ -102,6 +102,9 @@ fn guest_settings() -> Settings {
     }
     let mut modules = modules::Modules::of_image();
     modules.load(Some(init::serving_modules(&params.shared_fs)));
+    if let Err(e) = network::loopback_up() {
+        log::warn!("loopback: {e}");
+    }
     let shared_dir = init::mount_shared(&params.shared_fs).unwrap_or_else(|e| {
         log::error!("shared directory: {e}");
         PathBuf::from(init::SHARED_MOUNT)
@@ -161,9 +164,6 @@ async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
         .register_service(agent_ttrpc::create_agent(service));
     server.start().await.map_err(|e| format!("serve: {e}"))?;
     log::info!("vessel-agent {} serving", env!("CARGO_PKG_VERSION"));
-    if pid1 {
-        network::loopback_up().await;
-    }
     if let Some(mut modules) = settings.later_modules.take() {
         // A thread of its own, behind the host's first requests on the one vCPU: the first
         // container's create was measured 200 ms later while these loaded at the same

@@ -3,7 +3,6 @@
 
 use std::{
     net::IpAddr,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -166,15 +165,33 @@ pub async fn update_interface(req: &api::UpdateInterfaceRequest) -> Result<(), R
     Ok(())
 }
 
-/// Brings the loopback interface up.
-pub async fn loopback_up() {
-    if !Path::new(IP).exists() {
-        return;
+/// Brings the loopback interface up, in this process (no `ip` to start: it runs before the
+/// agent serves, and a process started under emulation costs tens of milliseconds).
+pub fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: a plain socket call; the descriptor is owned right away.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let up = ["ip", "link", "set", "dev", "lo", "up"].map(String::from);
-    if let Err(e) = run(&up).await {
-        log::warn!("loopback: {e}");
+    // SAFETY: `socket` is a descriptor we just opened and nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: an all-zero ifreq is valid; "lo" fits its name with the NUL.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+        *slot = *byte as libc::c_char;
     }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
