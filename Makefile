@@ -93,8 +93,9 @@ test: deps guest
 unit-test:
 	$(CARGO) test --workspace --lib --bins
 
-# Starts the private containerd, runs tests/*.rs against it, and always
-# stops it again (also on failure or Ctrl-C), keeping the tests' exit code.
+# Starts the private containerd, runs tests/*.rs against it, then the ctr and CRI tests again
+# on the vm backend, and always stops it again (also on failure or Ctrl-C), keeping the tests'
+# exit code.
 integration-test:
 	@if [ -z '$(INTEGRATION_TESTS)' ]; then \
 		echo "integration-test: no tests/*.rs"; exit 0; fi; \
@@ -103,7 +104,10 @@ integration-test:
 	trap 'exit 130' INT TERM; \
 	SHIM_DIR=$(DEBUG_DIR) $(CONTAINERD_SH) start "$$dir"; \
 	VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' \
-		$(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS)
+		$(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS); \
+	echo "== the ctr and CRI tests again, every container in a VM (VESSEL_TEST_BACKEND=vm)"; \
+	VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_TEST_BACKEND=vm \
+		$(CARGO) test --test ctr --test cri -- --test-threads=$(TEST_THREADS)
 
 # A private containerd for poking around by hand (debug shim):
 #   make containerd-start && eval "$$(scripts/containerd.sh env $(TEST_CONTAINERD))"

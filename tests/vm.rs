@@ -273,7 +273,7 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
     let config = pod_config("vm-pod", &logs.0, NamespaceMode::Pod);
     let mut cri = Cri::connect().await;
     let pod = cri
-        .run_pod_with(&config, "vessel-vm")
+        .run_pod_with(&config, VM_HANDLER)
         .await
         .expect("RunPodSandbox (vessel-vm)");
     let _guard = PodGuard(pod.clone());

@@ -17,6 +17,8 @@ use super::{leftovers, wait_until, BUSYBOX};
 
 /// The CRI runtime handler registered for vessel in the test containerd.
 pub const HANDLER: &str = "vessel";
+/// The handler of the same shim with the vm backend's configuration.
+pub const VM_HANDLER: &str = "vessel-vm";
 
 /// A CRI client on the private containerd's socket.
 pub struct Cri {
@@ -44,9 +46,14 @@ impl Cri {
         }
     }
 
-    /// RunPodSandbox with the vessel handler.
+    /// RunPodSandbox with the vessel handler (`vessel-vm` on the vm backend).
     pub async fn run_pod(&mut self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
-        self.run_pod_with(config, HANDLER).await
+        let handler = if super::ctr::on_vm() {
+            VM_HANDLER
+        } else {
+            HANDLER
+        };
+        self.run_pod_with(config, handler).await
     }
 
     /// RunPodSandbox with runtime handler `handler` (`vessel-vm`: the vm backend).

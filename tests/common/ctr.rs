@@ -13,9 +13,30 @@ use super::*;
 /// shim exits asynchronously after its last task is deleted).
 pub const CLEANUP_GRACE: Duration = Duration::from_secs(10);
 
+/// Whether the tests run on the vm backend (`VESSEL_TEST_BACKEND=vm`, `make test`'s second
+/// pass): every container the helpers start gets the vm configuration.
+pub fn on_vm() -> bool {
+    std::env::var("VESSEL_TEST_BACKEND").is_ok_and(|b| b == "vm")
+}
+
+/// `--runtime vessel`, and on the vm backend its configuration (`$DIR/vessel-vm.toml`).
+pub fn runtime_args() -> Vec<String> {
+    let mut args = vec!["--runtime".to_string(), RUNTIME.to_string()];
+    if on_vm() {
+        let config = containerd_dir().join("vessel-vm.toml");
+        args.extend([
+            "--runtime-config-path".to_string(),
+            config.display().to_string(),
+        ]);
+    }
+    args
+}
+
 /// `ctr run --rm --runtime vessel [EXTRA...] BUSYBOX ID CMD...`.
 pub fn run_rm(id: &str, extra: &[&str], cmd: &[&str]) -> Ctr {
-    let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+    let runtime = runtime_args();
+    let mut args = vec!["run", "--rm"];
+    args.extend(runtime.iter().map(String::as_str));
     args.extend_from_slice(extra);
     args.extend_from_slice(&[BUSYBOX, id]);
     args.extend_from_slice(cmd);
@@ -25,7 +46,10 @@ pub fn run_rm(id: &str, extra: &[&str], cmd: &[&str]) -> Ctr {
 /// `ctr run -d --runtime vessel BUSYBOX ID CMD...`, asserting that it succeeded; returns the
 /// task's pid once it runs.
 pub fn run_detached(id: &str, cmd: &[&str]) -> u32 {
-    let mut args = vec!["run", "-d", "--runtime", RUNTIME, BUSYBOX, id];
+    let runtime = runtime_args();
+    let mut args = vec!["run", "-d"];
+    args.extend(runtime.iter().map(String::as_str));
+    args.extend_from_slice(&[BUSYBOX, id]);
     args.extend_from_slice(cmd);
     let out = Ctr::new(&args).run();
     assert_success("ctr run -d", &out);
