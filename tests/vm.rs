@@ -373,6 +373,57 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
         let filters = in_netns(&["tc", "filter", "show", "dev", dev, "ingress"]);
         assert!(filters.contains("mirred"), "redirect on {dev}: {filters}");
     }
+    // Traffic to the guest, inside the pod's namespace only: an ARP probe for the pod's
+    // address sent into the tap is answered by the guest with the pod interface's MAC. The
+    // tap's own redirect (guest -> pod interface) stands aside meanwhile, so that the answer
+    // stays in the namespace instead of going out to the bridge.
+    in_netns(&["tc", "qdisc", "del", "dev", "tap0_vessel", "ingress"]);
+    let probe = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args([
+            "busybox",
+            "arping",
+            "-D",
+            "-I",
+            "tap0_vessel",
+            "-c",
+            "3",
+            "-w",
+            "10",
+            &pod_ip,
+        ])
+        .output()
+        .expect("arping");
+    let answer = String::from_utf8_lossy(&probe.stdout).to_lowercase();
+    in_netns(&["tc", "qdisc", "add", "dev", "tap0_vessel", "ingress"]);
+    in_netns(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        "tap0_vessel",
+        "parent",
+        "ffff:",
+        "protocol",
+        "all",
+        "u32",
+        "match",
+        "u8",
+        "0",
+        "0",
+        "action",
+        "mirred",
+        "egress",
+        "redirect",
+        "dev",
+        &interface,
+    ]);
+    assert!(
+        answer.contains(&mac.to_lowercase()),
+        "the guest answers for {pod_ip} with {mac}: {answer} {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
     let guest = cri
         .runtime
         .exec_sync(ExecSyncRequest {
