@@ -14,7 +14,8 @@ use std::{path::Path, process::Command, thread, time::Duration};
 
 use common::{cri::*, ctr::*, *};
 use k8s_cri::v1::{
-    ContainerStatsRequest, ExecRequest, ExecSyncRequest, NamespaceMode, PodSandboxStatusRequest,
+    ContainerStatsRequest, ExecRequest, ExecSyncRequest, LinuxContainerResources, NamespaceMode,
+    PodSandboxStatusRequest, UpdateContainerResourcesRequest,
 };
 
 /// The vm backend's configuration in the private containerd's directory.
@@ -468,6 +469,30 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
         .map(|v| v.value)
         .unwrap_or_default();
     assert!(usage > 0, "the guest's memory figures");
+
+    // New limits reach the guest's cgroup.
+    let limit = 96 * 1024 * 1024;
+    cri.runtime
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: first.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let metrics = Ctr::new(&["task", "metrics", &first])
+        .namespace(CRI_NAMESPACE)
+        .run_ok();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["memory.usage_limit", &limit.to_string()]),
+        "the guest's memory limit:\n{metrics}"
+    );
 
     cri.remove_pod(&pod, 2).await;
     thread::sleep(Duration::from_millis(100));
