@@ -45,8 +45,6 @@ use crate::{
     },
 };
 
-pub use qemu::accelerators;
-
 /// How long a guest may take to answer under KVM before the host's KVM counts as unusable.
 const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// How long a guest may take to answer under TCG.
