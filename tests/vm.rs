@@ -643,3 +643,39 @@ fn volumes_reach_the_guest_read_only_over_9p_and_virtio_fs() {
     }
     let _ = std::fs::remove_dir_all(&volume);
 }
+
+#[test]
+fn check_tells_what_this_host_can_do_for_the_vm_backend() {
+    let shim = env!("CARGO_BIN_EXE_containerd-shim-vessel-v2");
+    let out = Command::new(shim)
+        .args(["check", "--config", &vm_config()])
+        .output()
+        .expect("run check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the vm backend can run here:\n{text}");
+    for line in [
+        "ok    QEMU",
+        "ok    guest kernel",
+        "ok    guest initrd",
+        "  KVM: ",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let broken = vm_config_with(
+        "vessel-vm-nokernel.toml",
+        &[("kernel", "\"/nonexistent/vmlinux\"")],
+    );
+    let out = Command::new(shim)
+        .args(["check", "--config", &broken])
+        .output()
+        .expect("run check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success(),
+        "a missing kernel fails the check:\n{text}"
+    );
+    assert!(
+        text.contains("FAIL  guest kernel: /nonexistent/vmlinux is missing; make guest"),
+        "{text}"
+    );
+}

@@ -272,9 +272,31 @@ fn relay_console(stdout: std::process::ChildStdout) {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            log::info!("guest console: {line}");
+            let line = printable(&line);
+            if !line.is_empty() {
+                log::info!("guest console: {line}");
+            }
         }
     });
+}
+
+/// A console line without its terminal control sequences (the firmware clears the screen).
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-byte, or ESC and one more character.
+            if chars.next_if_eq(&'[').is_some() {
+                while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out.trim().to_string()
 }
 
 /// The last lines QEMU wrote about itself, for an error.
@@ -377,6 +399,16 @@ mod tests {
         let kvm = arguments(&config, &vm(), Accelerator::Kvm);
         assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn console_lines_lose_their_control_sequences() {
+        assert_eq!(
+            printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16.3)\r"),
+            "SeaBIOS (version 1.16.3)"
+        );
+        assert_eq!(printable("[    1.2] Run /init"), "[    1.2] Run /init");
+        assert_eq!(printable("\u{1b}[2J"), "");
     }
 
     #[test]
