@@ -101,7 +101,7 @@ memory() {
 VM_N=${VM_N:-5}
 VM_CONFIG=$DIR/vessel-vm.toml
 GUEST=${VESSEL_GUEST_DIR:-$REPO/build/guest}
-KERNEL_PARAMS="console=ttyS0 tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
+KERNEL_PARAMS="console=ttyS0 clocksource=hpet tsc=unstable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1"
 
 median_of() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f\n", m }'; }

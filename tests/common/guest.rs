@@ -9,8 +9,9 @@ use std::{
 
 use vessel::protos::{agent::Empty, agent_ttrpc::AgentClient};
 
-/// kata's kernel parameters for a fast boot, the console on the first serial port.
-pub const KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check \
+/// kata's kernel parameters for a fast boot, the console on the first serial port, and the
+/// vm backend's clock under TCG (the HPET: see `Accelerator::clock_params`).
+pub const KERNEL_PARAMS: &str = "console=ttyS0 clocksource=hpet tsc=unstable no_timer_check \
     rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 \
     noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1";
 

@@ -17,8 +17,9 @@ use tokio::io::AsyncBufReadExt;
 use super::super::{Error, Result};
 use crate::oci::HypervisorConfig;
 
-/// kata's kernel parameters for a fast boot, and the console on the first serial port.
-const KERNEL_PARAMS: &str = "console=ttyS0 tsc=reliable no_timer_check rcupdate.rcu_expedited=1 \
+/// kata's kernel parameters for a fast boot, and the console on the first serial port; the
+/// clock's come from [`Accelerator::clock_params`].
+const KERNEL_PARAMS: &str = "console=ttyS0 no_timer_check rcupdate.rcu_expedited=1 \
     i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp \
     cryptomgr.notests pci=lastbus=0 quiet panic=-1";
 
@@ -37,6 +38,17 @@ pub enum Accelerator {
 }
 
 impl Accelerator {
+    /// The guest's clock. Under KVM the TSC is reliable (kata's setting). Under TCG the
+    /// kernel calibrates the TSC while its vCPU thread competes for the host's cores, and with
+    /// ten guests booting at once their clocks were seen running 15 times too fast (deadlines
+    /// of the agent firing at once): the emulated HPET keeps the host's time.
+    fn clock_params(self) -> &'static str {
+        match self {
+            Self::Kvm => "tsc=reliable",
+            Self::Tcg => "clocksource=hpet tsc=unstable",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Kvm => "kvm",
@@ -117,7 +129,11 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     let vcpus = config.num_vcpus.max(1);
     let max_vcpus = config.default_max_vcpus.max(vcpus);
     let memory = config.memory_size.max(128);
-    let mut params = vec![KERNEL_PARAMS.to_string(), vm.agent_params.clone()];
+    let mut params = vec![
+        KERNEL_PARAMS.to_string(),
+        accelerator.clock_params().to_string(),
+        vm.agent_params.clone(),
+    ];
     params.extend(config.kernel_params.iter().map(|p| {
         if p.value.is_empty() {
             p.key.clone()
@@ -365,6 +381,8 @@ mod tests {
         );
         let append = value_of(&args, "-append")[0];
         assert!(append.contains("pci=lastbus=0"), "{append}");
+        assert!(append.contains("clocksource=hpet"), "{append}");
+        assert!(!append.contains("tsc=reliable"), "{append}");
         assert!(
             append.ends_with("vessel.port=agent.0 agent.log=debug"),
             "{append}"
@@ -399,6 +417,7 @@ mod tests {
         let kvm = arguments(&config, &vm(), Accelerator::Kvm);
         assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
+        assert!(value_of(&kvm, "-append")[0].contains("tsc=reliable"));
     }
 
     #[test]
