@@ -33,12 +33,18 @@ pub async fn connect(
 ) -> Result<AgentClient> {
     let address = format!("unix://{}", socket.display());
     loop {
-        if let Ok(client) = ttrpc::r#async::Client::connect(&address).await {
-            let client = AgentClient::new(client);
+        // Bounded as a whole: a QEMU that dies between accepting and answering must not
+        // leave an attempt waiting on a connection nobody serves.
+        let attempt = async {
+            let client = AgentClient::new(ttrpc::r#async::Client::connect(&address).await.ok()?);
             let check = ttrpc::context::with_timeout(CHECK_TIMEOUT.as_nanos() as i64);
-            if matches!(client.check(check, &Empty::default()).await, Ok(r) if r.serving) {
-                return Ok(client);
+            match client.check(check, &Empty::default()).await {
+                Ok(reply) if reply.serving => Some(client),
+                _ => None,
             }
+        };
+        if let Ok(Some(client)) = tokio::time::timeout(CHECK_TIMEOUT * 2, attempt).await {
+            return Ok(client);
         }
         if let Some(reason) = gone() {
             return Err(Error::Unavailable(reason));
