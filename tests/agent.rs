@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command},
     time::{Duration, Instant},
 };
@@ -13,13 +13,29 @@ use std::{
 use common::agent::{self, agent_binary};
 use vessel::protos::agent_ttrpc::AgentClient;
 
-/// The agent process, killed if the test fails before it stopped.
-struct AgentProcess(Child);
+/// The agent process, killed if the test fails before it stopped, with the containers it left
+/// (runc's state is in `runc_root`).
+struct AgentProcess {
+    child: Child,
+    runc_root: PathBuf,
+}
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let runc = |args: &[&str]| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(&self.runc_root)
+                .args(args)
+                .output()
+        };
+        if let Ok(list) = runc(&["list", "-q"]) {
+            for id in String::from_utf8_lossy(&list.stdout).lines() {
+                let _ = runc(&["delete", "--force", id]);
+            }
+        }
     }
 }
 
@@ -41,8 +57,9 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&shared).unwrap();
     let socket = dir.path().join("agent.sock");
-    let mut agent = AgentProcess(
-        Command::new(agent_binary())
+    let mut agent = AgentProcess {
+        runc_root: state.join("sandbox/runc"),
+        child: Command::new(agent_binary())
             .arg("--listen")
             .arg(&socket)
             .arg("--shared-dir")
@@ -52,7 +69,7 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
             .args(["--runtime", "runc", "--debug"])
             .spawn()
             .expect("start vessel-agent"),
-    );
+    };
 
     let client = connect(&socket).await;
     agent::scenario(&client, &shared).await;
@@ -65,7 +82,7 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = agent.0.try_wait().unwrap() {
+        if let Some(status) = agent.child.try_wait().unwrap() {
             break status;
         }
         assert!(
