@@ -151,7 +151,7 @@ async fn run(args: &[String]) -> Result<(), Refused> {
 
 /// Configures the guest's interface with the request's MAC address.
 pub async fn update_interface(req: &api::UpdateInterfaceRequest) -> Result<(), Refused> {
-    check_mac(&req.mac)?;
+    // Every value is checked before the wait for the interface.
     commands(req, "probe")?;
     let name = interface_with(&req.mac).await?;
     for command in commands(req, &name)? {

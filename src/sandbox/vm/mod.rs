@@ -194,7 +194,11 @@ impl VmSandbox {
     }
 
     /// Starts virtiofsd when the shared directory is virtio-fs (recorded first); its socket.
-    fn start_virtiofsd(&self, config: &SandboxConfig, shared: &Path) -> Result<Option<PathBuf>> {
+    async fn start_virtiofsd(
+        &self,
+        config: &SandboxConfig,
+        shared: &Path,
+    ) -> Result<Option<PathBuf>> {
         let hypervisor = &config.hypervisor_config;
         if hypervisor.shared_fs != SharedFs::VirtioFs {
             return Ok(None);
@@ -208,13 +212,14 @@ impl VmSandbox {
         }
         let socket = virtiofs::socket(&self.dir);
         let log = self.dir.join("virtiofsd.log");
-        let daemon = virtiofs::start(binary, shared, &socket, hypervisor.virtio_fs_cache, &log)?;
+        let daemon =
+            virtiofs::start(binary, shared, &socket, hypervisor.virtio_fs_cache, &log).await?;
         self.save(|r| r.virtiofsd_pid = Some(daemon.pid))?;
         Ok(Some(socket))
     }
 
     /// Mirrors the pod's network namespace into the VM (kata's `tcfilter`), recorded first.
-    fn attach_network(&self, config: &SandboxConfig) -> Result<Option<network::Attached>> {
+    async fn attach_network(&self, config: &SandboxConfig) -> Result<Option<network::Attached>> {
         let wanted = &config.network_config;
         let Some(netns) = network::namespace(&wanted.net_ns_path) else {
             return Ok(None);
@@ -230,7 +235,16 @@ impl VmSandbox {
                 )))
             }
         }
-        let attached = network::attach(&netns)?;
+        // `ip` and `tc` run as commands: off the shim's one thread, which serves meanwhile.
+        let namespace = netns.clone();
+        let attached = tokio::task::spawn_blocking(move || network::attach(&namespace))
+            .await
+            .map_err(|e| {
+                Error::io(
+                    "attach the pod network",
+                    std::io::Error::other(e.to_string()),
+                )
+            })??;
         if let Some(attached) = &attached {
             let name = attached.interface.name.clone();
             self.save(|r| r.network = Some((netns.clone(), name)))?;
@@ -377,8 +391,8 @@ impl Sandbox for VmSandbox {
             .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
         // Recorded before QEMU exists, so that a crash at any step is cleaned up.
         self.save(|_| ())?;
-        let attached = self.attach_network(config)?;
-        let virtio_fs_socket = self.start_virtiofsd(config, &shared)?;
+        let attached = self.attach_network(config).await?;
+        let virtio_fs_socket = self.start_virtiofsd(config, &shared).await?;
         let mut agent_params = vec![format!(
             "vessel.shared_fs={}",
             hypervisor.shared_fs.as_str()

@@ -206,21 +206,6 @@ pub fn namespace(path: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// Makes descriptor `fd` the child's descriptor 3 (QEMU's `fd=3`); call between fork and exec.
-pub fn pass_as_fd3(fd: i32) -> std::io::Result<()> {
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch only descriptors.
-    unsafe {
-        if fd == 3 {
-            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        } else if libc::dup2(fd, 3) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,7 +243,7 @@ pub async fn launch(binary: &str, args: &[String], vm: &Vm, tap: Option<RawFd>) 
     unsafe {
         command.pre_exec(move || {
             if let Some(tap) = tap {
-                super::network::pass_as_fd3(tap)?;
+                pass_as_fd3(tap)?;
             }
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
@@ -278,6 +278,21 @@ pub async fn launch(binary: &str, args: &[String], vm: &Vm, tap: Option<RawFd>) 
         let _ = sender.send(code);
     });
     Ok(Qemu { pid, exited })
+}
+
+/// Makes descriptor `fd` the child's descriptor 3 (QEMU's `fd=3`); call between fork and exec.
+fn pass_as_fd3(fd: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only descriptors.
+    unsafe {
+        if fd == 3 {
+            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, 3) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Logs each line of the guest's console.

@@ -46,7 +46,7 @@ pub fn arguments(shared: &Path, socket: &Path, mode: VirtioFsCache) -> Vec<Strin
 
 /// Starts `binary` for `shared` on `socket`, its messages to `log`; returns once the socket is
 /// there. It dies with the shim.
-pub fn start(
+pub async fn start(
     binary: &str,
     shared: &Path,
     socket: &Path,
@@ -88,7 +88,7 @@ pub fn start(
                 super::qemu::last_words(log)
             )));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(Daemon { pid })
 }
