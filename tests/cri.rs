@@ -7,9 +7,9 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use common::{cri::*, leftovers, wait_until};
 use k8s_cri::v1::{
-    AttachRequest, ContainerStatsRequest, ContainerStatusRequest, ExecRequest, ExecSyncRequest,
-    LinuxContainerResources, ListPodSandboxRequest, NamespaceMode, RemoveContainerRequest,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    AttachRequest, ContainerStatusRequest, ExecRequest, ExecSyncRequest, LinuxContainerResources,
+    ListPodSandboxRequest, NamespaceMode, RemoveContainerRequest, StopContainerRequest,
+    UpdateContainerResourcesRequest,
 };
 
 /// The memory limit the host's cgroup (v1 or v2) applies to `pid`.
@@ -215,21 +215,7 @@ async fn pod_lifecycle_with_two_containers() {
     }
 
     // Stats and resources.
-    let stats = cri
-        .runtime
-        .container_stats(ContainerStatsRequest {
-            container_id: ids[0].clone(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .expect("stats");
-    let usage = stats
-        .memory
-        .and_then(|m| m.working_set_bytes.or(m.usage_bytes))
-        .map(|v| v.value)
-        .unwrap_or_default();
+    let usage = cri.memory_usage(&ids[0]).await;
     assert!(usage > 0, "memory usage reported");
     let limit = 96 * 1024 * 1024;
     cri.runtime

@@ -114,6 +114,25 @@ impl Cri {
             .expect("exec stream")
     }
 
+    /// The memory a container uses (working set, or usage), as ContainerStats reports it.
+    pub async fn memory_usage(&mut self, id: &str) -> u64 {
+        let stats = self
+            .runtime
+            .container_stats(k8s_cri::v1::ContainerStatsRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .expect("ContainerStats")
+            .into_inner()
+            .stats
+            .expect("stats");
+        stats
+            .memory
+            .and_then(|m| m.working_set_bytes.or(m.usage_bytes))
+            .map(|v| v.value)
+            .unwrap_or_default()
+    }
+
     /// Stops and removes the pod `times` times each (again is not an error), then checks
     /// that its shim exits and nothing of it is left.
     pub async fn remove_pod(&mut self, pod: &str, times: usize) {
