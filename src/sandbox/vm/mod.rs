@@ -235,16 +235,9 @@ impl VmSandbox {
                 )))
             }
         }
-        // `ip` and `tc` run as commands: off the shim's one thread, which serves meanwhile.
-        let namespace = netns.clone();
-        let attached = tokio::task::spawn_blocking(move || network::attach(&namespace))
-            .await
-            .map_err(|e| {
-                Error::io(
-                    "attach the pod network",
-                    std::io::Error::other(e.to_string()),
-                )
-            })??;
+        // On the shim's thread on purpose: the shim's reaper, on that thread too, would
+        // otherwise collect `ip` and `tc` before `Command::output` waits for them.
+        let attached = network::attach(&netns)?;
         if let Some(attached) = &attached {
             let name = attached.interface.name.clone();
             self.save(|r| r.network = Some((netns.clone(), name)))?;
