@@ -106,48 +106,58 @@ i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests pci=
 
 median_of() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f\n", m }'; }
 
-# ms from `ctr run` (vm backend) to the first line the container prints
-vm_first_output_ms() {
-    local i t0 times=() stamp
+# ms from `ctr run` (vm backend) to the first line the container prints, or "failed"
+vm_first_output_once() {
+    local i=$1 t0 stamp
     stamp=$(mktemp "$DIR/first.XXXXXX")
-    for ((i = 0; i < VM_N; i++)); do
-        t0=$(now_ns)
-        c run --rm --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "bench-vm-$$-$i" \
-            echo first-output | { IFS= read -r _ && now_ns >"$stamp"; cat >/dev/null; } || { echo failed; return 0; }
-        times+=($((($(cat "$stamp") - t0) / 1000000)))
-    done
+    t0=$(now_ns)
+    if c run --rm --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "bench-vm-$$-$i" \
+        echo first-output | { IFS= read -r _ && now_ns >"$stamp"; cat >/dev/null; }; then
+        echo $((($(cat "$stamp") - t0) / 1000000))
+    else
+        echo failed
+    fi
     rm -f "$stamp"
-    printf '%s\n' "${times[@]}" | median_of
 }
 
 # ms from QEMU's start to busybox as init printing a marker: the same QEMU devices, kernel
-# and initramfs as the vm backend, no agent
-vm_floor_ms() {
-    local i t0 t1 times=() console
+# and initramfs as the vm backend, no agent; or "failed"
+vm_floor_once() {
+    local t0 t1 console qemu
     console=$(mktemp "$DIR/console.XXXXXX")
-    for ((i = 0; i < VM_N; i++)); do
-        : >"$console"
-        t0=$(now_ns)
-        qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1,maxcpus=1 -m 512M \
-            -bios /usr/share/qemu/qboot.rom -nodefaults -display none -no-reboot \
-            -kernel "$GUEST/vmlinux" -initrd "$GUEST/initramfs.cpio" \
-            -append "$KERNEL_PARAMS rdinit=/bin/busybox -- echo vessel-floor-marker" \
-            -serial "file:$console" -device virtio-serial-pci,id=serial0 \
-            -fsdev "local,id=shared,path=$DIR,security_model=none" \
-            -device virtio-9p-pci,fsdev=shared,mount_tag=vessel -object rng-random,id=rng0,filename=/dev/urandom \
-            -device virtio-rng-pci,rng=rng0 </dev/null >/dev/null 2>&1 &
-        local qemu=$!
-        until grep -q vessel-floor-marker "$console" 2>/dev/null; do
-            kill -0 "$qemu" 2>/dev/null || { echo failed; return 0; }
-            sleep 0.005
-        done
-        t1=$(now_ns)
-        kill "$qemu" 2>/dev/null || true
-        wait "$qemu" 2>/dev/null || true
-        times+=($(((t1 - t0) / 1000000)))
+    t0=$(now_ns)
+    qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1,maxcpus=1 -m 512M \
+        -bios /usr/share/qemu/qboot.rom -nodefaults -display none -no-reboot \
+        -kernel "$GUEST/vmlinux" -initrd "$GUEST/initramfs.cpio" \
+        -append "$KERNEL_PARAMS rdinit=/bin/busybox -- echo vessel-floor-marker" \
+        -serial "file:$console" -device virtio-serial-pci,id=serial0 \
+        -fsdev "local,id=shared,path=$DIR,security_model=none" \
+        -device virtio-9p-pci,fsdev=shared,mount_tag=vessel -object rng-random,id=rng0,filename=/dev/urandom \
+        -device virtio-rng-pci,rng=rng0 </dev/null >/dev/null 2>&1 &
+    qemu=$!
+    until grep -q vessel-floor-marker "$console" 2>/dev/null; do
+        kill -0 "$qemu" 2>/dev/null || { echo failed; rm -f "$console"; return 0; }
+        sleep 0.005
     done
+    t1=$(now_ns)
+    kill "$qemu" 2>/dev/null || true
+    wait "$qemu" 2>/dev/null || true
     rm -f "$console"
-    printf '%s\n' "${times[@]}" | median_of
+    echo $(((t1 - t0) / 1000000))
+}
+
+# "first_output_ms floor_ms": medians of VM_N runs each, interleaved so that a host whose
+# speed drifts (TCG on a shared machine) weighs on both alike
+vm_first_output_and_floor() {
+    local i first floor firsts=() floors=()
+    for ((i = 0; i < VM_N; i++)); do
+        first=$(vm_first_output_once "$i")
+        floor=$(vm_floor_once)
+        [ "$first" != failed ] && [ "$floor" != failed ] || { echo "failed failed"; return 0; }
+        firsts+=("$first")
+        floors+=("$floor")
+    done
+    echo "$(printf '%s\n' "${firsts[@]}" | median_of) $(printf '%s\n' "${floors[@]}" | median_of)"
 }
 
 # PSS (KiB) of one idle vm pod: its shim and its QEMU
@@ -178,8 +188,7 @@ printf '%-28s %14s %14s\n\n' "idle shim PSS (KiB)" "$V_PSS" "$R_PSS"
 
 if [ -f "$GUEST/vmlinux" ]; then
     echo "== vm backend: median of VM_N=$VM_N (QEMU TCG here)"
-    VM_FIRST=$(vm_first_output_ms)
-    VM_FLOOR=$(vm_floor_ms)
+    read -r VM_FIRST VM_FLOOR < <(vm_first_output_and_floor)
     read -r VM_PSS VM_SHIM_PSS VM_QEMU_PSS < <(vm_pod_pss)
     printf '%-44s %10s\n' "ctr run to first output, vm backend (ms)" "$VM_FIRST"
     printf '%-44s %10s\n' "bare boot to init, same VM (ms, the floor)" "$VM_FLOOR"

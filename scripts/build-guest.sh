@@ -16,11 +16,10 @@ set -euo pipefail
 
 OUT=${1:?usage: build-guest.sh OUT AGENT}
 AGENT=${2:?usage: build-guest.sh OUT AGENT}
-# What the agent loads at boot (it loads every module of the image's modules.dep), with
-# their dependencies: PCI transport, the agent's serial port, the shared directory (9p or
-# virtio-fs), overlay, networking, vsock, entropy.
-MODULES=(virtio_pci virtio_console 9pnet_virtio 9p virtiofs overlay virtio_net
-    vmw_vsock_virtio_transport virtio_rng)
+# The modules of the image, with their dependencies: PCI transport, the agent's serial
+# port, the shared directory (9p or virtio-fs), networking, entropy. The agent loads those
+# of the devices the VM has (modules.alias), and the shared directory's file system.
+MODULES=(virtio_pci virtio_console 9pnet_virtio 9p virtiofs virtio_net virtio_rng)
 
 log() { echo "build-guest: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -80,6 +79,11 @@ done <"$TMP/modules"
 sed "s|^$MODDIR/||" "$TMP/modules" >"$TMP/wanted"
 awk -F: 'NR == FNR { want[$0] = 1; next } ($1 in want)' "$TMP/wanted" "$MODDIR/modules.dep" >"$ROOT$MODDIR/modules.dep"
 [ "$(wc -l <"$ROOT$MODDIR/modules.dep")" = "$(wc -l <"$TMP/wanted")" ] || die "modules.dep misses modules"
+# Their device aliases (`alias virtio:d00000001v* virtio_net`), by which the agent loads them.
+sed 's|.*/||; s|\.ko.*||; s|-|_|g' "$TMP/wanted" >"$TMP/names"
+awk 'NR == FNR { want[$0] = 1; next } $1 == "alias" && $2 ~ /:/ { m = $3; gsub("-", "_", m); if (m in want) print }' \
+    "$TMP/names" "$MODDIR/modules.alias" >"$ROOT$MODDIR/modules.alias"
+grep -q ' virtio_pci$' "$ROOT$MODDIR/modules.alias" || die "modules.alias has no alias for virtio_pci"
 
 # 3. A reproducible archive: sorted names, fixed owners and times.
 find "$ROOT" -exec touch -h -d @0 {} +
