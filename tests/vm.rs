@@ -523,9 +523,15 @@ fn volumes_reach_the_guest_read_only_over_9p_and_virtio_fs() {
         "type=bind,src={},dst=/data,options=rbind:ro",
         volume.display()
     );
+    // The configured 9p message size reaches the guest's mount (the root is on it).
+    let nine_p = vm_config_with("vessel-vm-msize.toml", &[("msize_9p", "65536")]);
     let script = "cat /data/hello.txt; cat /bin/busybox >/dev/null && echo image-readable; \
-                  (echo x > /data/new) 2>/dev/null && echo writable || echo read-only";
-    for (what, config) in [("9p", vm_config()), ("virtio-fs", virtio_fs)] {
+                  (echo x > /data/new) 2>/dev/null && echo writable || echo read-only; \
+                  grep -o 'msize=[0-9]*' /proc/self/mounts | sort -u";
+    for (what, config, msize) in [
+        ("9p", nine_p, "msize=65536\n"),
+        ("virtio-fs", virtio_fs, ""),
+    ] {
         let id = unique_id("vm-vol");
         let _guard = ContainerGuard::new(&id);
         let out = run_rm(
@@ -537,7 +543,7 @@ fn volumes_reach_the_guest_read_only_over_9p_and_virtio_fs() {
         .run();
         assert_eq!(
             stdout(&out),
-            "volume says hi\nimage-readable\nread-only\n",
+            format!("volume says hi\nimage-readable\nread-only\n{msize}"),
             "{what}: {}",
             stderr(&out)
         );

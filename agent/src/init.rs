@@ -14,6 +14,8 @@ pub struct BootParams {
     pub shared_fs: String,
     /// `vessel.port=<name>`: the agent's virtio-serial port.
     pub port: String,
+    /// `vessel.msize_9p=<bytes>`: the largest 9p message, for a 9p shared directory.
+    pub msize_9p: u32,
 }
 
 impl BootParams {
@@ -23,18 +25,29 @@ impl BootParams {
             debug: false,
             shared_fs: "virtio-9p".into(),
             port: "agent.0".into(),
+            msize_9p: DEFAULT_MSIZE_9P,
         };
         for word in cmdline.split_whitespace() {
             match word.split_once('=') {
                 Some(("vessel.debug", v)) => params.debug = v == "1" || v == "true",
                 Some(("vessel.shared_fs", v)) => params.shared_fs = v.into(),
                 Some(("vessel.port", v)) => params.port = v.into(),
+                Some(("vessel.msize_9p", v)) => match v.parse() {
+                    Ok(msize) if msize > 0 => params.msize_9p = msize,
+                    _ => log::warn!(
+                        "vessel.msize_9p={v}: not a size in bytes; using {}",
+                        params.msize_9p
+                    ),
+                },
                 _ => {}
             }
         }
         params
     }
 }
+
+/// The 9p message size when the host names none.
+const DEFAULT_MSIZE_9P: u32 = 262144;
 
 /// Where the guest mounts the shared directory (tag [`SHARED_TAG`]).
 pub const SHARED_MOUNT: &str = "/run/vessel/shared";
@@ -132,13 +145,16 @@ pub fn serving_modules(shared_fs: &str) -> &'static [&'static str] {
 }
 
 /// Mounts the host's shared directory at [`SHARED_MOUNT`].
-pub fn mount_shared(shared_fs: &str) -> std::io::Result<PathBuf> {
+pub fn mount_shared(params: &BootParams) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(SHARED_MOUNT)?;
-    let (kind, data) = match shared_fs {
+    let (kind, data) = match params.shared_fs.as_str() {
         "virtio-fs" => ("virtiofs", None),
         _ => (
             "9p",
-            Some("trans=virtio,version=9p2000.L,msize=262144,cache=mmap"),
+            Some(format!(
+                "trans=virtio,version=9p2000.L,msize={},cache=mmap",
+                params.msize_9p
+            )),
         ),
     };
     mount(
@@ -146,7 +162,7 @@ pub fn mount_shared(shared_fs: &str) -> std::io::Result<PathBuf> {
         SHARED_MOUNT,
         Some(kind),
         MsFlags::empty(),
-        data,
+        data.as_deref(),
     )
     .map_err(|e| {
         std::io::Error::other(format!("mount {kind} {SHARED_TAG} on {SHARED_MOUNT}: {e}"))
@@ -174,16 +190,20 @@ mod tests {
     #[test]
     fn boot_params_come_from_the_kernel_command_line() {
         let params = BootParams::parse(
-            "quiet console=ttyS0 vessel.debug=1 vessel.port=agent.1 vessel.shared_fs=virtio-fs",
+            "quiet console=ttyS0 vessel.debug=1 vessel.port=agent.1 vessel.shared_fs=virtio-fs \
+             vessel.msize_9p=65536",
         );
         assert_eq!(
             params,
             BootParams {
                 debug: true,
                 shared_fs: "virtio-fs".into(),
-                port: "agent.1".into()
+                port: "agent.1".into(),
+                msize_9p: 65536,
             }
         );
-        assert_eq!(BootParams::parse("quiet").port, "agent.0");
+        let defaults = BootParams::parse("quiet vessel.msize_9p=0 vessel.msize_9p=big");
+        assert_eq!(defaults.port, "agent.0");
+        assert_eq!(defaults.msize_9p, DEFAULT_MSIZE_9P);
     }
 }

@@ -106,7 +106,7 @@ fn guest_settings() -> Settings {
     if let Err(e) = network::loopback_up() {
         log::warn!("loopback: {e}");
     }
-    let shared_dir = init::mount_shared(&params.shared_fs).unwrap_or_else(|e| {
+    let shared_dir = init::mount_shared(&params).unwrap_or_else(|e| {
         log::error!("shared directory: {e}");
         PathBuf::from(init::SHARED_MOUNT)
     });

@@ -390,6 +390,9 @@ impl Sandbox for VmSandbox {
             "vessel.shared_fs={}",
             hypervisor.shared_fs.as_str()
         )];
+        if hypervisor.shared_fs == SharedFs::Virtio9p {
+            agent_params.push(format!("vessel.msize_9p={}", hypervisor.msize_9p));
+        }
         if log::log_enabled!(log::Level::Debug) {
             agent_params.push("vessel.debug=1".into());
         }
