@@ -41,14 +41,18 @@ fn run_vm(id: &str, extra: &[&str], cmd: &[&str]) -> Ctr {
 
 /// `ctr run -d` of `cmd` in a VM; returns once the task runs.
 fn run_vm_detached(id: &str, cmd: &[&str]) {
-    let config = vm_config();
+    run_vm_detached_with(&vm_config(), id, cmd);
+}
+
+/// `ctr run -d` of `cmd` in a VM of configuration file `config`.
+fn run_vm_detached_with(config: &str, id: &str, cmd: &[&str]) {
     let mut args = vec![
         "run",
         "-d",
         "--runtime",
         RUNTIME,
         "--runtime-config-path",
-        config.as_str(),
+        config,
         BUSYBOX,
         id,
     ];
@@ -492,16 +496,22 @@ fn a_vm_that_cannot_boot_fails_create_with_qemus_words_and_leaves_nothing() {
 /// The vm configuration with `key = value` lines replaced, written next to it.
 fn vm_config_with(name: &str, replace: &[(&str, &str)]) -> String {
     let text = std::fs::read_to_string(vm_config()).unwrap();
-    let changed: Vec<String> = text
-        .lines()
-        .map(|line| {
-            replace
-                .iter()
-                .find(|(key, _)| line.starts_with(&format!("{key} =")))
-                .map(|(key, value)| format!("{key} = {value}"))
-                .unwrap_or_else(|| line.to_string())
-        })
-        .collect();
+    let is_key = |line: &str, key: &str| line.starts_with(&format!("{key} ="));
+    let mut changed: Vec<String> = Vec::new();
+    for line in text.lines() {
+        match replace.iter().find(|(key, _)| is_key(line, key)) {
+            Some((key, value)) => changed.push(format!("{key} = {value}")),
+            None => changed.push(line.to_string()),
+        }
+        // Keys the file does not set yet go into [hypervisor.qemu].
+        if line.trim() == "[hypervisor.qemu]" {
+            for (key, value) in replace {
+                if !text.lines().any(|l| is_key(l, key)) {
+                    changed.push(format!("{key} = {value}"));
+                }
+            }
+        }
+    }
     let path = containerd_dir().join(name);
     std::fs::write(&path, changed.join("\n")).unwrap();
     path.display().to_string()
@@ -594,4 +604,138 @@ fn check_tells_what_this_host_can_do_for_the_vm_backend() {
         text.contains("FAIL  guest kernel: /nonexistent/vmlinux is missing; make guest"),
         "{text}"
     );
+}
+
+/// A `/proc/meminfo` figure (KiB, or pages for the huge page counts).
+fn meminfo(path: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {path}"))
+}
+
+/// Huge pages in use or promised: allocated ones plus reserved ones.
+fn huge_pages_held() -> u64 {
+    let total = meminfo("/proc/meminfo", "HugePages_Total");
+    total - meminfo("/proc/meminfo", "HugePages_Free") + meminfo("/proc/meminfo", "HugePages_Rsvd")
+}
+
+/// Huge pages for one test: hugetlbfs mounted where QEMU is told to look and `pages` more
+/// reserved; both undone on drop.
+struct HugePages {
+    before: u64,
+    mounted: bool,
+}
+
+impl HugePages {
+    const POOL: &'static str = "/proc/sys/vm/nr_hugepages";
+    const DIR: &'static str = "/dev/hugepages";
+
+    fn reserve(pages: u64) -> Self {
+        let before: u64 = std::fs::read_to_string(Self::POOL)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::fs::write(Self::POOL, (before + pages).to_string()).unwrap();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let mounted = !mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(Self::DIR));
+        if mounted {
+            std::fs::create_dir_all(Self::DIR).unwrap();
+            let status = Command::new("mount")
+                .args(["-t", "hugetlbfs", "hugetlbfs", Self::DIR])
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount hugetlbfs on {}", Self::DIR);
+        }
+        let guard = Self { before, mounted };
+        assert!(
+            meminfo("/proc/meminfo", "HugePages_Free") >= pages,
+            "the kernel could not set {pages} huge pages aside"
+        );
+        guard
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(Self::DIR).status();
+        }
+        let _ = std::fs::write(Self::POOL, self.before.to_string());
+    }
+}
+
+#[test]
+fn guest_memory_is_backed_as_configured() {
+    const GUEST_MIB: u64 = 512;
+    // Preallocated: QEMU holds the whole guest memory while the guest idles. The memory
+    // hotplug slots (kata's 10) cost the guest none of its memory.
+    let prealloc = vm_config_with(
+        "vessel-vm-prealloc.toml",
+        &[("enable_mem_prealloc", "true"), ("memory_slots", "10")],
+    );
+    let id = unique_id("vm-prealloc");
+    let guard = ContainerGuard::new(&id);
+    run_vm_detached_with(&prealloc, &id, &["sleep", "1000"]);
+    let qemus = qemus_of(&id);
+    assert_eq!(qemus.len(), 1, "{qemus:?}");
+    let rss = meminfo(&format!("/proc/{}/status", qemus[0]), "VmRSS");
+    assert!(
+        rss >= GUEST_MIB * 1024,
+        "QEMU's RSS {rss} KiB: not preallocated"
+    );
+    let guest_total = ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "mem",
+        &id,
+        "grep",
+        "MemTotal",
+        "/proc/meminfo",
+    ]);
+    let guest_kib: u64 = guest_total
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        guest_kib > (GUEST_MIB - 64) * 1024,
+        "the guest has {guest_kib} KiB of its {GUEST_MIB} MiB"
+    );
+    drop(guard);
+
+    // Huge pages: QEMU's memory is a hugetlbfs file, its pages promised at once.
+    let pages = GUEST_MIB / 2;
+    let _huge = HugePages::reserve(pages);
+    let held = huge_pages_held();
+    let huge = vm_config_with("vessel-vm-huge.toml", &[("enable_hugepages", "true")]);
+    let id = unique_id("vm-huge");
+    let guard = ContainerGuard::new(&id);
+    run_vm_detached_with(&huge, &id, &["sleep", "1000"]);
+    let in_use = huge_pages_held() - held;
+    assert!(
+        in_use >= pages,
+        "{in_use} huge pages held for a {GUEST_MIB} MiB guest"
+    );
+    let out = ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "hi",
+        &id,
+        "echo",
+        "on-huge-pages",
+    ]);
+    assert_eq!(stdout(&out), "on-huge-pages\n", "{}", stderr(&out));
+    drop(guard);
+    assert!(
+        wait_until(CLEANUP_GRACE, || huge_pages_held() <= held),
+        "QEMU's huge pages were not given back"
+    );
+    assert_no_leftovers(&id);
 }

@@ -10,6 +10,7 @@
 //! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
 
 mod agent;
+mod memory;
 mod network;
 mod qemu;
 mod shared;
@@ -403,6 +404,7 @@ impl Sandbox for VmSandbox {
             agent_params: agent_params.join(" "),
             virtio_fs_socket,
             nic_mac: attached.as_ref().map(|a| a.interface.mac.clone()),
+            host_memory_mib: memory::host_memory_mib(),
         };
         let tap = attached.as_ref().map(|a| a.tap.as_raw_fd());
         let mut last_error = None;

@@ -14,7 +14,10 @@ use containerd_shim::{
 };
 use tokio::io::AsyncBufReadExt;
 
-use super::super::{Error, Result};
+use super::{
+    super::{Error, Result},
+    memory,
+};
 use crate::oci::HypervisorConfig;
 
 /// kata's kernel parameters for a fast boot, and the console on the first serial port; the
@@ -108,6 +111,8 @@ pub struct Vm {
     pub nic_mac: Option<String>,
     /// virtiofsd's socket when the shared directory is virtio-fs (else 9p).
     pub virtio_fs_socket: Option<PathBuf>,
+    /// The host's memory, MiB: what the guest's memory hotplug slots can grow to.
+    pub host_memory_mib: u32,
 }
 
 /// QEMU's arguments for `vm` with `config`, under `accelerator`.
@@ -128,12 +133,12 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     };
     let vcpus = config.num_vcpus.max(1);
     let max_vcpus = config.default_max_vcpus.max(vcpus);
-    let memory = config.memory_size.max(128);
     let mut params = vec![
         KERNEL_PARAMS.to_string(),
         accelerator.clock_params().to_string(),
         vm.agent_params.clone(),
     ];
+    params.extend(memory::kernel_params(config, vm.host_memory_mib).map(String::from));
     params.extend(config.kernel_params.iter().map(|p| {
         if p.value.is_empty() {
             p.key.clone()
@@ -148,8 +153,6 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         cpu.into(),
         "-smp".into(),
         format!("{vcpus},maxcpus={max_vcpus}"),
-        "-m".into(),
-        format!("{memory}M"),
         "-nodefaults".into(),
         "-nographic".into(),
         "-no-reboot".into(),
@@ -163,6 +166,11 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     if !config.initrd_path.is_empty() {
         args.extend(["-initrd".into(), config.initrd_path.clone()]);
     }
+    args.extend(memory::arguments(
+        config,
+        vm.virtio_fs_socket.is_some(),
+        vm.host_memory_mib,
+    ));
     if !config.firmware_path.is_empty() {
         // qboot, say: under TCG it starts the kernel about 0.5 s sooner than SeaBIOS.
         args.extend(["-bios".into(), config.firmware_path.clone()]);
@@ -173,20 +181,19 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         "-chardev".into(),
         format!(
             "socket,id=agent,path={},server=on,wait=off",
-            vm.agent_socket.display()
+            option_value(&vm.agent_socket.to_string_lossy())
         ),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
     ]);
     match &vm.virtio_fs_socket {
+        // vhost-user needs the guest's memory shared with virtiofsd (memory::arguments).
         Some(socket) => args.extend([
-            // vhost-user needs the guest's memory shared with virtiofsd.
-            "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={memory}M,share=on"),
-            "-numa".into(),
-            "node,memdev=mem".into(),
             "-chardev".into(),
-            format!("socket,id=vfs,path={}", socket.display()),
+            format!(
+                "socket,id=vfs,path={}",
+                option_value(&socket.to_string_lossy())
+            ),
             "-device".into(),
             format!("vhost-user-fs-pci,chardev=vfs,tag={SHARED_TAG}"),
         ]),
@@ -194,7 +201,7 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
             "-fsdev".into(),
             format!(
                 "local,id=shared,path={},security_model=none",
-                vm.shared_dir.display()
+                option_value(&vm.shared_dir.to_string_lossy())
             ),
             "-device".into(),
             format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"),
@@ -211,12 +218,21 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     if !config.entropy_source.is_empty() {
         args.extend([
             "-object".into(),
-            format!("rng-random,id=rng0,filename={}", config.entropy_source),
+            format!(
+                "rng-random,id=rng0,filename={}",
+                option_value(&config.entropy_source)
+            ),
             "-device".into(),
             "virtio-rng-pci,rng=rng0".into(),
         ]);
     }
     args
+}
+
+/// `value` as the value of a QEMU option (`key=value,...`): a comma is doubled, so a path
+/// cannot end the value and add options of its own.
+pub fn option_value(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 /// A running QEMU.
@@ -358,6 +374,7 @@ mod tests {
             agent_params: "vessel.port=agent.0".into(),
             nic_mac: None,
             virtio_fs_socket: None,
+            host_memory_mib: 0,
         }
     }
 
