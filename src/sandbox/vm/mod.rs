@@ -391,6 +391,9 @@ impl Sandbox for VmSandbox {
             "vessel.shared_fs={}",
             hypervisor.shared_fs.as_str()
         )];
+        if hypervisor.use_vsock {
+            log::debug!("use_vsock: the agent channel is virtio-serial (vsock is not implemented)");
+        }
         if hypervisor.shared_fs == SharedFs::Virtio9p {
             agent_params.push(format!("vessel.msize_9p={}", hypervisor.msize_9p));
         }
