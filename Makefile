@@ -10,6 +10,7 @@
 #   make images    offline test images into build/images
 #   make test      unit tests, then integration tests against a private containerd
 #   make demo      run busybox under vessel in a throw-away private containerd
+#   make demo-vm   the same on the vm backend: busybox in its own QEMU virtual machine
 #   make bench     startup time / shim memory vs runc, conversion benchmark, guest boot
 #   make fmt | lint | clean
 #
@@ -55,7 +56,7 @@ INTEGRATION_TESTS ?= $(wildcard $(REPO)/tests/*.rs)
 export IMAGES_DIR
 
 .PHONY: deps deps-vm build agent guest install images test unit-test integration-test \
-        demo bench fmt lint clean containerd-start containerd-stop
+        demo demo-vm bench fmt lint clean containerd-start containerd-stop
 
 deps:
 	$(REPO)/scripts/deps.sh base
@@ -128,6 +129,18 @@ demo: deps build
 	echo '$$ ctr run --rm --runtime io.containerd.vessel.v2 docker.io/library/busybox:latest demo-'$$$$' echo "hello from vessel"'; \
 	ctr --address "$$dir/containerd.sock" run --rm --runtime io.containerd.vessel.v2 \
 		docker.io/library/busybox:latest demo-$$$$ echo "hello from vessel" </dev/null
+
+# The same in a VM: the guest's kernel answers `uname -r`, not the host's.
+demo-vm: deps-vm build guest
+	@dir=$$(mktemp -d /tmp/vessel-demo.XXXXXX); \
+	trap '$(CONTAINERD_SH) stop "$$dir"' EXIT; \
+	trap 'exit 130' INT TERM; \
+	SHIM_DIR=$(RELEASE_DIR) VESSEL_GUEST_DIR='$(GUEST_DIR)' $(CONTAINERD_SH) start "$$dir"; \
+	echo "host kernel: $$(uname -r)"; \
+	echo '$$ ctr run --rm --runtime io.containerd.vessel.v2 --runtime-config-path '"$$dir"'/vessel-vm.toml docker.io/library/busybox:latest demo-'$$$$' uname -r'; \
+	ctr --address "$$dir/containerd.sock" run --rm --runtime io.containerd.vessel.v2 \
+		--runtime-config-path "$$dir/vessel-vm.toml" \
+		docker.io/library/busybox:latest demo-$$$$ uname -r </dev/null
 
 bench: deps build guest
 	SHIM_DIR=$(RELEASE_DIR) VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_AGENT='$(AGENT)' \
