@@ -412,12 +412,18 @@ impl Sandbox for VmSandbox {
         let tap = attached.as_ref().map(|a| a.tap.as_raw_fd());
         let mut last_error = None;
         for accelerator in qemu::accelerators() {
+            let since = Instant::now();
             match self.boot(config, &vm, accelerator, tap).await {
                 Ok((client, exited)) => {
                     if accelerator == qemu::Accelerator::Kvm {
                         qemu::record_kvm(true, "");
                     }
-                    log::info!("sandbox {} booted ({accelerator:?})", config.id);
+                    log::info!(
+                        "sandbox {} booted ({accelerator:?}): its agent answered {} ms after \
+                         QEMU started",
+                        config.id,
+                        since.elapsed().as_millis()
+                    );
                     if let Some(attached) = &attached {
                         configure_interface(&client, &attached.interface).await?;
                     }
