@@ -109,6 +109,53 @@ fn check_file(findings: &mut Vec<Finding>, what: &str, path: &str, missing: Verd
     }
 }
 
+/// Where QEMU looks for huge pages (hugetlbfs), as kata does.
+const HUGEPAGES_DIR: &str = "/dev/hugepages";
+
+/// Whether a guest of `memory_mib` fits in the free huge pages of a host whose `/proc/mounts`
+/// and `/proc/meminfo` read `mounts` and `meminfo`; `missing` when it does not.
+fn huge_pages(mounts: &str, meminfo: &str, memory_mib: u32, missing: Verdict) -> Finding {
+    let what = "huge pages";
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&HUGEPAGES_DIR) && fields.get(2) == Some(&"hugetlbfs")
+    });
+    if !mounted {
+        return finding(
+            missing,
+            what,
+            format!(
+                "enable_hugepages needs hugetlbfs at {HUGEPAGES_DIR} \
+                 (mount -t hugetlbfs hugetlbfs {HUGEPAGES_DIR})"
+            ),
+        );
+    }
+    let value = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (free, page_kib) = (value("HugePages_Free"), value("Hugepagesize").max(1));
+    let needed = (u64::from(memory_mib) * 1024).div_ceil(page_kib);
+    if free < needed {
+        return finding(
+            missing,
+            what,
+            format!(
+                "{free} huge pages of {page_kib} KiB free; a {memory_mib} MiB guest needs \
+                 {needed} (sysctl vm.nr_hugepages)"
+            ),
+        );
+    }
+    finding(
+        Verdict::Ok,
+        what,
+        format!("{free} huge pages of {page_kib} KiB free in {HUGEPAGES_DIR}: enough for a {memory_mib} MiB guest"),
+    )
+}
+
 /// Checks the host for `config`: the vm backend's needs (KVM, QEMU, vsock, virtiofsd, the
 /// guest image) and the linux backend's (the OCI runtime, cgroups). A need of the configured
 /// backend that is missing fails; one of the other backend warns.
@@ -155,6 +202,15 @@ pub fn check(config: &Config) -> Vec<Finding> {
         needed(vm),
         "make guest && make install",
     );
+    if qemu.enable_hugepages {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        findings.push(huge_pages(
+            &read("/proc/mounts"),
+            &read("/proc/meminfo"),
+            qemu.default_memory,
+            needed(vm),
+        ));
+    }
     let virtio_fs = qemu.shared_fs == SharedFs::VirtioFs;
     check_file(
         &mut findings,
@@ -212,6 +268,25 @@ mod tests {
         let linux = check(&config(paths));
         let kernel = linux.iter().find(|f| f.what == "guest kernel").unwrap();
         assert_eq!(kernel.verdict, Verdict::Warn, "{kernel}");
+    }
+
+    #[test]
+    fn huge_pages_must_be_mounted_and_enough() {
+        let mounts =
+            "proc /proc proc rw 0 0\nhugetlbfs /dev/hugepages hugetlbfs rw,pagesize=2M 0 0\n";
+        let meminfo =
+            "HugePages_Total:     300\nHugePages_Free:      300\nHugepagesize:       2048 kB\n";
+        let ok = huge_pages(mounts, meminfo, 512, Verdict::Fail);
+        assert_eq!(ok.verdict, Verdict::Ok, "{ok}");
+        let short = huge_pages(mounts, meminfo, 1024, Verdict::Fail);
+        assert_eq!(short.verdict, Verdict::Fail, "{short}");
+        assert!(short.detail.contains("needs 512"), "{short}");
+        let unmounted = huge_pages("proc /proc proc rw 0 0\n", meminfo, 512, Verdict::Warn);
+        assert_eq!(unmounted.verdict, Verdict::Warn, "{unmounted}");
+        assert!(
+            unmounted.detail.contains("mount -t hugetlbfs"),
+            "{unmounted}"
+        );
     }
 
     #[test]
