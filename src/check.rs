@@ -6,6 +6,7 @@ use std::{fmt, path::Path, process::Command};
 use crate::{
     config::{Config, SandboxBackend},
     oci::SharedFs,
+    sandbox::vm::{meminfo_value, recorded_kvm, HUGEPAGES_DIR},
 };
 
 /// How a finding bears on running sandboxes.
@@ -61,20 +62,12 @@ fn version(program: &str) -> Option<String> {
     })
 }
 
-/// What the KVM probe of the vm backend recorded on this host, if a VM booted since the host
-/// did.
-fn kvm_probe() -> Option<String> {
-    std::fs::read_to_string("/run/vessel/kvm-probe")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
 fn check_kvm(findings: &mut Vec<Finding>) {
     let opens = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm");
-    let finding = match (opens, kvm_probe()) {
+    let finding = match (opens, recorded_kvm()) {
         (Err(e), _) => finding(
             Verdict::Warn,
             "KVM",
@@ -109,9 +102,6 @@ fn check_file(findings: &mut Vec<Finding>, what: &str, path: &str, missing: Verd
     }
 }
 
-/// Where QEMU looks for huge pages (hugetlbfs), as kata does.
-const HUGEPAGES_DIR: &str = "/dev/hugepages";
-
 /// Whether a guest of `memory_mib` fits in the free huge pages of a host whose `/proc/mounts`
 /// and `/proc/meminfo` read `mounts` and `meminfo`; `missing` when it does not.
 fn huge_pages(mounts: &str, meminfo: &str, memory_mib: u32, missing: Verdict) -> Finding {
@@ -130,13 +120,7 @@ fn huge_pages(mounts: &str, meminfo: &str, memory_mib: u32, missing: Verdict) ->
             ),
         );
     }
-    let value = |key: &str| {
-        meminfo
-            .lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let value = |key: &str| meminfo_value(meminfo, key).unwrap_or(0);
     let (free, page_kib) = (value("HugePages_Free"), value("Hugepagesize").max(1));
     let needed = (u64::from(memory_mib) * 1024).div_ceil(page_kib);
     if free < needed {

@@ -108,20 +108,7 @@ async fn pod_lifecycle_with_two_containers() {
     }
 
     // ExecSync sees the pod's shared UTS namespace (the pod hostname).
-    let exec = cri
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: ids[0].clone(),
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo exec-ok; hostname; exit 4".into(),
-            ],
-            timeout: 10,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
+    let exec = cri.exec_sh(&ids[0], "echo exec-ok; hostname; exit 4").await;
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-ok\npod-life\n");
     assert_eq!(exec.exit_code, 4);
 

@@ -16,7 +16,7 @@ use std::{path::Path, process::Command, thread, time::Duration};
 
 use common::{cri::*, ctr::*, *};
 use k8s_cri::v1::{
-    ExecRequest, ExecSyncRequest, LinuxContainerResources, NamespaceMode, PodSandboxStatusRequest,
+    ExecRequest, LinuxContainerResources, NamespaceMode, PodSandboxStatusRequest,
     UpdateContainerResourcesRequest,
 };
 
@@ -274,16 +274,7 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
         );
     }
 
-    let exec = cri
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: second.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "echo exec-ok; exit 4".into()],
-            timeout: 30,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
+    let exec = cri.exec_sh(&second, "echo exec-ok; exit 4").await;
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-ok\n");
     assert_eq!(exec.exit_code, 4);
     let streamed = cri
@@ -397,16 +388,7 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
         String::from_utf8_lossy(&probe.stderr)
     );
 
-    let guest = cri
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: first.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "ip addr; ip route".into()],
-            timeout: 30,
-        })
-        .await
-        .expect("ExecSync ip")
-        .into_inner();
+    let guest = cri.exec_sh(&first, "ip addr; ip route").await;
     let guest = String::from_utf8_lossy(&guest.stdout).into_owned();
     assert!(
         guest.contains(&format!("inet {pod_ip}/")),
@@ -663,7 +645,8 @@ impl HugePages {
 impl Drop for HugePages {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount").arg(Self::DIR).status();
+            // Lazily: a test that failed halfway may leave a dying QEMU holding its file.
+            let _ = Command::new("umount").args(["-l", Self::DIR]).status();
         }
         let _ = std::fs::write(Self::POOL, self.before.to_string());
     }

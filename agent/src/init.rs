@@ -135,12 +135,12 @@ pub fn mount_system() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The modules the agent needs before it serves, once the PCI transport is loaded: its
-/// serial port, and the shared directory's transport and file system.
+/// The modules the agent needs before it serves: the PCI transport, its serial port, and the
+/// shared directory's transport and file system.
 pub fn serving_modules(shared_fs: &str) -> &'static [&'static str] {
     match shared_fs {
-        "virtio-fs" => &["virtio_console", "virtiofs"],
-        _ => &["virtio_console", "9pnet_virtio", "9p"],
+        "virtio-fs" => &["virtio_pci", "virtio_console", "virtiofs"],
+        _ => &["virtio_pci", "virtio_console", "9pnet_virtio", "9p"],
     }
 }
 

@@ -101,7 +101,6 @@ fn guest_settings() -> Settings {
         log::error!("guest file systems: {e}");
     }
     let mut modules = modules::Modules::of_image();
-    modules.load(&["virtio_pci"]);
     modules.load(init::serving_modules(&params.shared_fs));
     if let Err(e) = network::loopback_up() {
         log::warn!("loopback: {e}");

@@ -6,10 +6,10 @@ use std::{path::PathBuf, time::Duration};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest, ExecSyncRequest,
+    ExecSyncResponse, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -98,6 +98,19 @@ impl Cri {
             .await
             .expect("StartContainer");
         id
+    }
+
+    /// ExecSync of `sh -c script` in container `id`.
+    pub async fn exec_sh(&mut self, id: &str, script: &str) -> ExecSyncResponse {
+        self.runtime
+            .exec_sync(ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout: 30,
+            })
+            .await
+            .expect("ExecSync")
+            .into_inner()
     }
 
     /// Exec through the streaming server: the process's stdout (sent no stdin).

@@ -77,19 +77,18 @@ pub fn kernel_params(config: &HypervisorConfig, host_memory_mib: u32) -> Option<
         .map(|_| "swiotlb=noforce")
 }
 
+/// The figure of `key` in a `/proc/meminfo` text (KiB, or a count for the huge page lines).
+pub fn meminfo_value(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
 /// The host's memory, MiB (`MemTotal` of `/proc/meminfo`); 0 when it cannot be read.
 pub fn host_memory_mib() -> u32 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
+    meminfo_value(&meminfo, "MemTotal")
         .map_or(0, |kib| u32::try_from(kib / 1024).unwrap_or(u32::MAX))
 }
 
@@ -173,5 +172,9 @@ mod tests {
     #[test]
     fn the_host_memory_is_read() {
         assert!(host_memory_mib() > 0);
+        let meminfo = "MemTotal:       24000000 kB\nHugePages_Free:      300\n";
+        assert_eq!(meminfo_value(meminfo, "MemTotal"), Some(24000000));
+        assert_eq!(meminfo_value(meminfo, "HugePages_Free"), Some(300));
+        assert_eq!(meminfo_value(meminfo, "HugePages"), None);
     }
 }

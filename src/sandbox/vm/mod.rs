@@ -46,6 +46,9 @@ use crate::{
     },
 };
 
+pub use memory::{meminfo_value, HUGEPAGES_DIR};
+pub use qemu::recorded_kvm;
+
 /// How long a guest may take to answer under KVM before the host's KVM counts as unusable.
 const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// How long a guest may take to answer under TCG.
@@ -244,6 +247,20 @@ impl VmSandbox {
             self.save(|r| r.network = Some((netns.clone(), name)))?;
         }
         Ok(attached)
+    }
+
+    /// Waits up to `grace` for this sandbox's process `pid` to exit, then SIGKILLs it;
+    /// whether it had to.
+    async fn end(&self, pid: u32, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        while qemu::is_ours(pid, &self.dir) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let running = qemu::is_ours(pid, &self.dir);
+        if running {
+            kill(pid);
+        }
+        running
     }
 
     /// Runs the per-sandbox watchers: QEMU's death, OOM events.
@@ -668,32 +685,21 @@ impl Sandbox for VmSandbox {
                 Err(_) => log::warn!("destroy sandbox: no answer within {STOP_LIMIT:?}"),
             }
         }
-        let virtiofsd = lock(&self.record).virtiofsd_pid;
-        if let (Some(pid), None) = (pid, &client) {
-            // No agent to power the guest off (a boot that failed): nothing to wait for.
-            if qemu::is_ours(pid, &self.dir) {
-                kill(pid);
-            }
-        }
         if let Some(pid) = pid {
-            let deadline = Instant::now() + STOP_LIMIT;
-            while qemu::is_ours(pid, &self.dir) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if qemu::is_ours(pid, &self.dir) {
+            // Without an agent to power the guest off (a boot that failed) nothing is awaited.
+            let grace = if client.is_some() {
+                STOP_LIMIT
+            } else {
+                Duration::ZERO
+            };
+            if self.end(pid, grace).await && client.is_some() {
                 log::warn!("QEMU {pid} did not power off: killed");
-                kill(pid);
             }
         }
         // virtiofsd ends with QEMU's connection; one that did not is killed.
-        if let Some(pid) = virtiofsd.filter(|pid| qemu::is_ours(*pid, &self.dir)) {
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while qemu::is_ours(pid, &self.dir) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            if qemu::is_ours(pid, &self.dir) {
-                kill(pid);
-            }
+        let virtiofsd = lock(&self.record).virtiofsd_pid;
+        if let Some(pid) = virtiofsd {
+            self.end(pid, Duration::from_secs(1)).await;
         }
         if let Some((netns, interface)) = lock(&self.record).network.clone() {
             network::detach(&netns, &interface);

@@ -72,14 +72,20 @@ pub fn accelerators() -> Vec<Accelerator> {
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    let known_unusable = std::fs::read_to_string(KVM_PROBE_FILE)
-        .map(|s| s.starts_with("unusable"))
-        .unwrap_or(false);
+    let known_unusable = recorded_kvm().is_some_and(|s| s.starts_with("unusable"));
     if kvm_opens && !known_unusable {
         vec![Accelerator::Kvm, Accelerator::Tcg]
     } else {
         vec![Accelerator::Tcg]
     }
+}
+
+/// What the last boot with KVM on this host showed (`usable`, or `unusable: <why>`), if a
+/// VM booted since the host did.
+pub fn recorded_kvm() -> Option<String> {
+    std::fs::read_to_string(KVM_PROBE_FILE)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Records what a boot with KVM showed, for the sandboxes that come after.
