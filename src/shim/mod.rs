@@ -198,7 +198,23 @@ fn stop_own_daemon(bundle: &Path, flags: &Flags) {
     if exe.as_deref() == std::env::current_exe().ok().as_deref() && pid != std::process::id() as i32
     {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        // Until it is dead its socket still answers, and the socket would be left behind.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
+}
+
+/// Whether process `pid` still runs (a zombie holds no socket open: it does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
 
 /// Removes the socket of the shim that served this bundle, unless a shim still answers
@@ -325,5 +341,25 @@ async fn reap_children(logger: Logger) {
                 warn!(logger, "report exit"; "pid" => pid.as_raw(), "error" => %e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alive;
+
+    #[test]
+    fn a_running_process_is_alive_and_a_reaped_one_is_not() {
+        assert!(alive(std::process::id() as i32));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Exited, not reaped yet: a zombie, which holds no socket open.
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !alive(pid)
+        });
+        assert!(gone, "a zombie counts as dead");
+        child.wait().unwrap();
+        assert!(!alive(pid));
     }
 }
