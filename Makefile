@@ -44,6 +44,10 @@ STATIC_BUILD = RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-
 RELEASE_BUILD = $(STATIC_BUILD) --bin $(SHIM)
 AGENT := $(RELEASE_DIR)/vessel-agent
 GUEST_DIR = $(BUILD_DIR)/guest
+# The guest's crun comes from Debian's unstable suite with the libraries it links: bookworm's
+# (1.8.1) refuses the spec version containerd 2.x writes (1.2.x). Unpacked, never installed.
+GUEST_SID = $(BUILD_DIR)/guest-sid
+GUEST_SID_PACKAGES := crun libc6 libblake3-0 libcap2 libjson-c5 libseccomp2 libsystemd0
 SHARE_DIR := $(DESTDIR)/usr/share/vessel
 BUILD_DIR := $(REPO)/build
 IMAGES_DIR ?= $(BUILD_DIR)/images
@@ -70,12 +74,13 @@ build:
 agent:
 	$(STATIC_BUILD) -p vessel-agent
 
-# Rebuilt only when the agent, the script or the installed kernel changed.
+# Rebuilt only when the agent, the script, the installed kernel or the guest's crun changed.
 guest: deps-vm agent
+	$(REPO)/scripts/deps.sh sid $(GUEST_SID) $(GUEST_SID_PACKAGES)
 	@$(MAKE) --no-print-directory $(GUEST_DIR)/initramfs.cpio
 
-$(GUEST_DIR)/initramfs.cpio: $(AGENT) $(REPO)/scripts/build-guest.sh $(wildcard /boot/vmlinuz-*)
-	$(REPO)/scripts/build-guest.sh $(GUEST_DIR) $(AGENT)
+$(GUEST_DIR)/initramfs.cpio: $(AGENT) $(REPO)/scripts/build-guest.sh $(wildcard /boot/vmlinuz-*) $(GUEST_SID)/.packages
+	$(REPO)/scripts/build-guest.sh $(GUEST_DIR) $(AGENT) $(GUEST_SID)
 
 install: build guest
 	install -D -m 0755 $(RELEASE_DIR)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)

@@ -5,17 +5,21 @@
 #                        without unpacking xz under emulation)
 #   OUT/initramfs.cpio   uncompressed newc cpio, sorted, every mtime 0:
 #                          /init                 vessel-agent (static)
-#                          /usr/bin/crun         and the shared libraries it links
+#                          /usr/bin/crun         sid's (it runs every spec version containerd
+#                                                writes, 1.0 to 1.2.x; bookworm's refuses 1.2),
+#                                                with the shared libraries it links, from sid too
 #                          /bin/busybox          for debugging (rdinit=/bin/busybox)
 #                          /lib/modules/<kver>/  the VM's device and file system modules,
 #                                                with their own modules.dep
 #   OUT/kernel-release   the kernel's release
 #
-#   scripts/build-guest.sh OUT AGENT   (make guest; AGENT: the release vessel-agent)
+#   scripts/build-guest.sh OUT AGENT SID  (make guest; AGENT: the release vessel-agent; SID:
+#                                          crun and its libraries unpacked by `deps.sh sid`)
 set -euo pipefail
 
 OUT=${1:?usage: build-guest.sh OUT AGENT}
-AGENT=${2:?usage: build-guest.sh OUT AGENT}
+AGENT=${2:?usage: build-guest.sh OUT AGENT SID}
+SID=${3:?usage: build-guest.sh OUT AGENT SID}
 # The modules of the image, with their dependencies: PCI transport, the agent's serial
 # port, the shared directory (9p or virtio-fs), networking, entropy. The agent loads those
 # of the devices the VM has (modules.alias), and the shared directory's file system.
@@ -59,13 +63,18 @@ ln -s busybox "$ROOT/bin/sh"
 mknod -m 0600 "$ROOT/dev/console" c 5 1
 mknod -m 0666 "$ROOT/dev/null" c 1 3
 
-# crun and every shared library it loads, at the paths the dynamic loader looks in.
-install -m 0755 /usr/bin/crun "$ROOT/usr/bin/crun"
-ldd /usr/bin/crun | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | while read -r lib; do
-    real=$(readlink -f "$lib")
-    mkdir -p "$ROOT$(dirname "$lib")"
-    install -m 0755 "$real" "$ROOT$lib"
+# crun and every shared library it loads (as sid's own loader resolves them in SID), in the
+# multiarch directory; the loader at the path crun names (PT_INTERP).
+LIBDIR=usr/lib/x86_64-linux-gnu
+[ -x "$SID/usr/bin/crun" ] && [ -x "$SID/$LIBDIR/ld-linux-x86-64.so.2" ] || die "no crun or loader in $SID (deps.sh sid)"
+install -m 0755 "$SID/usr/bin/crun" "$ROOT/usr/bin/crun"
+mkdir -p "$ROOT/$LIBDIR"
+"$SID/$LIBDIR/ld-linux-x86-64.so.2" --library-path "$SID/$LIBDIR" --list "$SID/usr/bin/crun" >"$TMP/libs"
+! grep -q 'not found' "$TMP/libs" || die "crun's libraries are not all in $SID: $(grep 'not found' "$TMP/libs")"
+awk '$2 == "=>" && $3 ~ /^\// { print $3 }' "$TMP/libs" | while read -r lib; do
+    install -m 0755 "$(readlink -f "$lib")" "$ROOT/$LIBDIR/$(basename "$lib")"
 done
+ln -s "../$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/lib64/ld-linux-x86-64.so.2"
 
 # The modules and a modules.dep of just them.
 MODDIR=/lib/modules/$KVER

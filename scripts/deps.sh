@@ -3,6 +3,10 @@
 #
 #   scripts/deps.sh        base packages (make deps)
 #   scripts/deps.sh vm     QEMU from bookworm-backports, the guest kernel (make deps-vm)
+#   scripts/deps.sh sid DEST PKG...
+#                          unpack packages of Debian's unstable suite (sid) under DEST, never
+#                          installing them: the newest containerd for the tests, the guest's crun.
+#                          DEST/.packages lists what is there; an unchanged list is kept.
 #
 # Only runs `apt-get update` / `apt-get install` when something is missing.
 # Also adds the bookworm-backports suite as
@@ -45,8 +49,9 @@ apt_install() { # [-t SUITE] PKGS...
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# The bookworm-backports suite, from the main suite's URIs and keyring.
-add_backports() {
+# "URIS|KEYRING" of the machine's own Debian entry (the main suite's stanza): other suites are
+# fetched from the same archive with the same keyring.
+main_source() {
     local uris="" keyring=""
     if [ -r "$MAIN_SOURCES" ]; then
         # first deb822 stanza whose Suites has the plain release (not -security)
@@ -71,8 +76,17 @@ add_backports() {
     if [ -z "$uris" ] && [ -r /etc/apt/sources.list ]; then
         uris=$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list)
     fi
-    [ -n "$uris" ] || uris=http://deb.debian.org/debian
+    [ -n "$uris" ] || { log "no bookworm entry in $MAIN_SOURCES or /etc/apt/sources.list"; exit 1; }
     [ -n "$keyring" ] || keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    echo "$uris|$keyring"
+}
+
+# The bookworm-backports suite, from the main suite's URIs and keyring.
+add_backports() {
+    local source uris keyring
+    source=$(main_source)
+    uris=${source%%|*}
+    keyring=${source#*|}
 
     local want
     want=$(printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' "$uris" "$keyring")
@@ -140,8 +154,53 @@ virtiofsd() {
     rm -rf "$root"
 }
 
+# Packages of sid, downloaded with apt into a private state directory (its own lists, cache
+# and sources: the machine's apt is not touched) and unpacked with dpkg-deb under DEST.
+sid() { # DEST PKG...
+    local dest=${1:?usage: deps.sh sid DEST PKG...}
+    shift
+    [ $# -gt 0 ] || { log "sid: no packages named"; exit 2; }
+    if [ -f "$dest/.packages" ] && [ "$(cut -d' ' -f1 "$dest/.packages")" = "$(printf '%s\n' "$@")" ]; then
+        log "sid: $(tr '\n' ' ' <"$dest/.packages")present in $dest"
+        return 0
+    fi
+    local state source
+    state=$(mktemp -d /tmp/vessel-sid-apt.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$state'" RETURN
+    source=$(main_source)
+    mkdir -p "$state"/{lists/partial,cache/archives/partial,sources,debs}
+    printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: %s\n' \
+        "${source%%|*}" "${source#*|}" >"$state/sources/sid.sources"
+    touch "$state/status"
+    cat >"$state/apt.conf" <<EOF
+Dir::State "$state";
+Dir::State::Lists "$state/lists";
+Dir::State::status "$state/status";
+Dir::Cache "$state/cache";
+Dir::Etc::SourceList "/dev/null";
+Dir::Etc::SourceParts "$state/sources";
+Dir::Etc::Preferences "/dev/null";
+Dir::Etc::PreferencesParts "/dev/null";
+APT::Architecture "amd64";
+APT::Sandbox::User "root";
+EOF
+    log "sid: apt-get update (private state $state)"
+    APT_CONFIG=$state/apt.conf apt-get update -qq
+    (cd "$state/debs" && APT_CONFIG=$state/apt.conf apt-get download -qq "$@")
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    local deb pkg
+    for deb in "$state"/debs/*.deb; do dpkg-deb -x "$deb" "$dest"; done
+    for pkg in "$@"; do
+        echo "$pkg $(dpkg-deb -f "$state"/debs/"${pkg}"_*.deb Version)"
+    done >"$dest/.packages"
+    log "sid: unpacked $(tr '\n' ' ' <"$dest/.packages")in $dest"
+}
+
 case "${1:-base}" in
     base) base ;;
     vm) vm && virtiofsd ;;
-    *) echo "usage: $0 [base|vm]" >&2; exit 2 ;;
+    sid) shift; sid "$@" ;;
+    *) echo "usage: $0 [base|vm|sid DEST PKG...]" >&2; exit 2 ;;
 esac
