@@ -306,45 +306,31 @@ async fn forbidden_annotation_fails_the_pod() {
         status.message().contains("enable_annotations"),
         "{status:?}"
     );
-    let pods = cri
-        .runtime
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    assert!(
-        pods.iter()
-            .all(|p| p.metadata.as_ref().is_none_or(|m| m.name != "pod-bad")),
-        "no pod left: {pods:?}"
-    );
-    let containers = common::Ctr::new(&[
-        "containers",
-        "ls",
-        "-q",
-        "labels.\"io.kubernetes.pod.name\"==pod-bad",
-    ])
-    .namespace(common::CRI_NAMESPACE)
-    .run_ok();
-    assert!(
-        containers.trim().is_empty(),
-        "no container left: {containers}"
-    );
+    assert_no_pod_named(&mut cri, "pod-bad").await;
 }
 
-/// A host-network pod's containers see the host's network namespace.
+/// A host-network pod's containers see the host's network namespace; a VM, which has a
+/// network of its own, refuses such a pod, saying why, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_pod_shares_the_host_network() {
-    if common::ctr::on_vm() {
-        // A VM has a network of its own; the host's cannot be shared into it.
-        eprintln!("host_network_pod_shares_the_host_network: not for the vm backend");
-        return;
-    }
     let mut cri = Cri::connect().await;
     let logs = LogDir::new("cri-host");
     let mut config = pod_config("pod-host", &logs.0, NamespaceMode::Node);
     // A host-network pod has the host's UTS namespace: kubelet sends no hostname.
     config.hostname.clear();
+    if common::ctr::on_vm() {
+        let refused = cri
+            .run_pod(&config)
+            .await
+            .expect_err("a VM refuses hostNetwork");
+        let message = refused.message();
+        assert!(
+            message.contains("no network namespace") && message.contains("hostNetwork"),
+            "{refused:?}"
+        );
+        assert_no_pod_named(&mut cri, "pod-host").await;
+        return;
+    }
     let pod = cri.run_pod(&config).await.expect("RunPodSandbox");
     let _pod_guard = PodGuard(pod.clone());
     let id = cri
@@ -401,5 +387,137 @@ async fn short_exec_output_arrives_every_time() {
         failures.len(),
         kinds.len() * RUNS
     );
+    cri.remove_pod(&pod, 1).await;
+}
+
+/// Neither CRI nor containerd knows a pod named `name` (nor a container of it) any more.
+async fn assert_no_pod_named(cri: &mut Cri, name: &str) {
+    let pods = cri
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(
+        pods.iter()
+            .all(|p| p.metadata.as_ref().is_none_or(|m| m.name != name)),
+        "no pod left: {pods:?}"
+    );
+    let label = format!("labels.\"io.kubernetes.pod.name\"=={name}");
+    let containers = common::Ctr::new(&["containers", "ls", "-q", &label])
+        .namespace(common::CRI_NAMESPACE)
+        .run_ok();
+    assert!(
+        containers.trim().is_empty(),
+        "no container left: {containers}"
+    );
+}
+
+/// A VM cannot share the host's PID or IPC namespace with a pod, nor propagate a container's
+/// mounts to the host (Bidirectional): RunPodSandbox or CreateContainer fails naming the field,
+/// and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_refuses_host_namespaces_and_propagation_to_the_host() {
+    if !common::ctr::on_vm() {
+        eprintln!(
+            "a_vm_refuses_host_namespaces_and_propagation_to_the_host: skipped, the linux \
+             backend shares host namespaces (host_network_pod_shares_the_host_network)"
+        );
+        return;
+    }
+    let mut cri = Cri::connect().await;
+    let logs = LogDir::new("cri-hostns");
+    for (namespace, field) in [("pid", "hostPID"), ("ipc", "hostIPC")] {
+        let mut config = pod_config("pod-hostns", &logs.0, NamespaceMode::Pod);
+        let options = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|c| c.namespace_options.as_mut())
+            .expect("namespace options");
+        if namespace == "pid" {
+            options.pid = NamespaceMode::Node as i32;
+        } else {
+            options.ipc = NamespaceMode::Node as i32;
+        }
+        let refused = cri.run_pod(&config).await.expect_err(field);
+        let message = refused.message();
+        assert!(
+            message.contains(&format!("no {namespace} namespace")) && message.contains(field),
+            "{refused:?}"
+        );
+        assert_no_pod_named(&mut cri, "pod-hostns").await;
+    }
+
+    let config = pod_config("pod-propagation", &logs.0, NamespaceMode::Pod);
+    let pod = cri.run_pod(&config).await.expect("RunPodSandbox");
+    let _pod_guard = PodGuard(pod.clone());
+    // CRI requires a Bidirectional mount's source to be on a shared mount: a shared tmpfs.
+    let source = tempfile::Builder::new()
+        .prefix("vessel-bidirectional")
+        .tempdir()
+        .expect("temp dir");
+    let path = source.path().to_str().expect("utf-8 path");
+    for args in [
+        vec!["-t", "tmpfs", "tmpfs", path],
+        vec!["--make-shared", path],
+    ] {
+        let status = std::process::Command::new("mount").args(&args).status();
+        assert!(status.is_ok_and(|s| s.success()), "mount {args:?}");
+    }
+    let mut container = container_config("bidirectional", "sleep 100");
+    container.mounts = vec![k8s_cri::v1::Mount {
+        container_path: "/data".into(),
+        host_path: path.into(),
+        propagation: k8s_cri::v1::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let refused = cri
+        .runtime
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a VM refuses Bidirectional propagation");
+    let _ = std::process::Command::new("umount")
+        .args(["-l", path])
+        .status();
+    let message = refused.message();
+    assert!(
+        message.contains("(/data)") && message.contains("Bidirectional"),
+        "{refused:?}"
+    );
+    cri.remove_pod(&pod, 1).await;
+}
+
+/// StopContainer of a container that exited a moment ago succeeds (the shim answers NotFound
+/// for a process gone before its exit was recorded, which containerd ignores), and the pod
+/// then goes away with its shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_of_a_container_that_just_exited_succeeds() {
+    let mut cri = Cri::connect().await;
+    let logs = LogDir::new("cri-stop-exited");
+    let config = pod_config("stop-exited", &logs.0, NamespaceMode::Pod);
+    let pod = cri.run_pod(&config).await.expect("RunPodSandbox");
+    let _pod_guard = PodGuard(pod.clone());
+    for run in 0..5 {
+        let id = cri
+            .start_container(&pod, &config, &format!("brief{run}"), "exit 0")
+            .await;
+        cri.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 10,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopContainer of {id}, exited: {e:?}"));
+        cri.runtime
+            .remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .expect("RemoveContainer");
+    }
     cri.remove_pod(&pod, 1).await;
 }

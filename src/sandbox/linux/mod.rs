@@ -309,12 +309,16 @@ impl Sandbox for LinuxSandbox {
                 .runc
                 .kill(id, signal, Some(&opts))
                 .await
-                .map_err(|e| runtime_error("kill", id, e));
+                .map_err(|e| kill_error(id, runtime_error("kill", id, e)));
         }
         let signal = nix::sys::signal::Signal::try_from(signal as i32)
             .map_err(|e| Error::io(format!("signal {signal}"), e.into()))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .map_err(|e| Error::io(format!("kill exec {exec_id} of {id}"), e.into()))
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(|e| {
+            kill_error(
+                id,
+                Error::io(format!("kill exec {exec_id} of {id}"), e.into()),
+            )
+        })
     }
 
     /// On the host the process's input is a pipe the shim writes: it ends when the shim
@@ -434,4 +438,46 @@ fn cgroup_stats(pid: u32) -> containerd_shim::Result<Stats> {
     } else {
         Stats::V1(Box::new(cgroup::collect_metrics(&group)?))
     })
+}
+
+/// A kill that found its process gone (it exited a moment ago, before its exit was
+/// recorded) is NotFound, as containerd's runc shim answers: containerd's StopContainer
+/// ignores that, where any other error leaves the pod behind.
+fn kill_error(id: &str, e: Error) -> Error {
+    let text = e.to_string().to_lowercase();
+    let gone = [
+        "container not running",
+        "process already finished",
+        "no such process",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle));
+    if gone {
+        Error::NotFound(format!("process {id}: already finished ({e})"))
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_of_a_process_gone_is_not_found() {
+        let runc = Error::Runtime {
+            op: "kill",
+            id: "c1".into(),
+            message: "container not running (exit status 1)".into(),
+        };
+        assert!(matches!(kill_error("c1", runc), Error::NotFound(_)));
+        let exec = Error::io("kill exec e1 of c1", nix::Error::ESRCH.into());
+        assert!(matches!(kill_error("c1", exec), Error::NotFound(_)));
+        let other = Error::Runtime {
+            op: "kill",
+            id: "c1".into(),
+            message: "permission denied".into(),
+        };
+        assert!(matches!(kill_error("c1", other), Error::Runtime { .. }));
+    }
 }

@@ -4,12 +4,14 @@
 //!
 //! - [`qemu`]: the command line from the `HypervisorConfig`, the accelerator probe, the process.
 //! - [`agent`]: the connection to the guest agent and its errors.
+//! - [`isolation`]: what a VM cannot share with the host, refused up front.
 //! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
 //! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
 
 mod agent;
+mod isolation;
 mod memory;
 mod network;
 mod qemu;
@@ -396,6 +398,9 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 #[async_trait]
 impl Sandbox for VmSandbox {
     async fn start(&self, config: &SandboxConfig) -> Result<()> {
+        for container in &config.containers {
+            isolation::refuse_host_sharing(&container.id, &container.custom_spec)?;
+        }
         let hypervisor = &config.hypervisor_config;
         let shared = shared_root(&self.dir);
         std::fs::create_dir_all(&shared)
@@ -467,6 +472,7 @@ impl Sandbox for VmSandbox {
         if lock(&self.record).containers.contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
+        isolation::refuse_host_sharing(&req.id, &req.config.custom_spec)?;
         let client = self.client()?;
         let root = shared_root(&self.dir);
         self.save(|r| {
