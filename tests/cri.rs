@@ -415,7 +415,7 @@ async fn assert_no_pod_named(cri: &mut Cri, name: &str) {
 }
 
 /// A VM cannot share the host's PID or IPC namespace with a pod, nor propagate a container's
-/// mounts to the host (Bidirectional): RunPodSandbox or CreateContainer fails naming the field,
+/// mounts to the host (Bidirectional): RunPodSandbox or StartContainer fails naming the field,
 /// and nothing is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_refuses_host_namespaces_and_propagation_to_the_host() {
@@ -473,7 +473,8 @@ async fn a_vm_refuses_host_namespaces_and_propagation_to_the_host() {
         propagation: k8s_cri::v1::MountPropagation::PropagationBidirectional as i32,
         ..Default::default()
     }];
-    let refused = cri
+    // CreateContainer is containerd's metadata only: the shim sees the spec at StartContainer.
+    let id = cri
         .runtime
         .create_container(k8s_cri::v1::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -481,7 +482,20 @@ async fn a_vm_refuses_host_namespaces_and_propagation_to_the_host() {
             sandbox_config: Some(config.clone()),
         })
         .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    let refused = cri
+        .runtime
+        .start_container(k8s_cri::v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
         .expect_err("a VM refuses Bidirectional propagation");
+    cri.runtime
+        .remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .expect("RemoveContainer");
     let _ = std::process::Command::new("umount")
         .args(["-l", path])
         .status();
