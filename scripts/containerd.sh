@@ -12,8 +12,15 @@
 # Layout of DIR:
 #   config.toml  containerd.sock (+ .ttrpc)  debug.sock  containerd.log
 #   containerd.pid  root/  state/  opt/  cni/ (conflist)  cni-ipam/
+#   certs.d/ (registry hosts, containerd 2.x)  bin/ctr (the matching ctr)
+#   containerd.version (e.g. 1.6.20 or 2.1.9)
 #
 # Environment:
+#   CONTAINERD_BIN_DIR dir holding the containerd and ctr to run (start only;
+#                      restart, stop and env use the ones DIR was started with).
+#                      Default: the system's, from PATH. Its shims (containerd-
+#                      shim-runc-v2) come first on containerd's PATH after SHIM_DIR.
+#                      containerd 1.x gets a version 2 config, 2.x a version 3 one.
 #   SHIM_DIR           dir holding containerd-shim-vessel-v2, prepended to
 #                      containerd's PATH (default: cargo's debug output dir)
 #   VESSEL_TEST_CONFIG if set, passed as the vessel runtime's ConfigPath option
@@ -57,10 +64,37 @@ BRIDGE=vsl$HASH
 SUBNET_OCTET=$((0x${HASH:0:2} % 200 + 20))
 SUBNET=10.88.$SUBNET_OCTET.0/24
 NAMESPACES="default k8s.io"
+PAUSE_IMAGE=registry.k8s.io/pause:3.6
+CNI_BIN_DIR=/usr/lib/cni
 
 [ ${#SOCK} -le 100 ] || die "socket path $SOCK is too long for a unix socket (max ~100 chars); use a shorter DIR"
 
-ctr_() { timeout "${CTR_TIMEOUT:-60}" ctr --address "$SOCK" "$@"; }
+# The containerd binaries of DIR: those it was started with (recorded in its config), else
+# CONTAINERD_BIN_DIR, else the system's.
+use_bin_dir() { # DIR (empty: the system's)
+    BIN_DIR=$1
+    if [ -n "$BIN_DIR" ]; then
+        case "$BIN_DIR" in /*) ;; *) BIN_DIR=$PWD/$BIN_DIR ;; esac
+        CONTAINERD=$BIN_DIR/containerd
+        CTR=$BIN_DIR/ctr
+    else
+        CONTAINERD=$(command -v containerd || echo containerd)
+        CTR=$(command -v ctr || echo ctr)
+    fi
+}
+recorded_bin_dir() { sed -n 's/^# containerd bin dir: //p' "$CONFIG" 2>/dev/null || true; }
+if [ "$CMD" != start ] && [ -f "$CONFIG" ]; then
+    use_bin_dir "$(recorded_bin_dir)"
+else
+    use_bin_dir "${CONTAINERD_BIN_DIR:-}"
+fi
+
+ctr_() { timeout "${CTR_TIMEOUT:-60}" "$CTR" --address "$SOCK" "$@"; }
+
+# "2.1.9" from "containerd github.com/containerd/containerd/v2 2.1.9+unknown ..."
+containerd_version() {
+    "$CONTAINERD" --version | awk '{ v = $3; sub(/^v/, "", v); sub(/[~+-].*/, "", v); print v }'
+}
 
 # ---- /proc helpers -------------------------------------------------------
 # argv of PID, NUL separators turned into spaces
@@ -173,7 +207,7 @@ mounts_under_dir() {
     return 0
 }
 
-answers() { [ -S "$SOCK" ] && timeout 5 ctr --address "$SOCK" version >/dev/null 2>&1; }
+answers() { [ -S "$SOCK" ] && timeout 5 "$CTR" --address "$SOCK" version >/dev/null 2>&1; }
 
 # ---- stop ------------------------------------------------------------------
 graceful_cleanup() {
@@ -194,7 +228,7 @@ graceful_cleanup() {
     done
 }
 
-# shim socket of a task, as containerd 1.6 and the Rust shim crate compute it
+# shim socket of a task, as containerd 1.6 and 2.x and the Rust shim crate compute it
 shim_socket() { # NS ID
     local h
     h=$(printf '%s' "$SOCK/$1/$2" | sha256sum | cut -d' ' -f1)
@@ -270,7 +304,7 @@ restart() {
         kill_wait TERM 10 $pids || die "containerd ($pids) did not stop on SIGTERM"
     fi
     launch "$(sed -n 's/^# shim dir on PATH: //p' "$CONFIG")"
-    log "containerd restarted: pid $(cat "$PIDFILE")"
+    log "containerd $(cat "$DIR/containerd.version" 2>/dev/null) restarted: pid $(cat "$PIDFILE")"
 }
 
 # ---- start -----------------------------------------------------------------
@@ -278,7 +312,7 @@ restart() {
 launch() { # SHIM_DIR
     # setsid: keep containerd out of the caller's process group (Ctrl-C in
     # make should go through the stop path, not kill containerd under it)
-    PATH="$1:$PATH" setsid containerd --config "$CONFIG" </dev/null >>"$LOGFILE" 2>&1 &
+    PATH="$1${BIN_DIR:+:$BIN_DIR}:$PATH" setsid "$CONTAINERD" --config "$CONFIG" </dev/null >>"$LOGFILE" 2>&1 &
     echo $! >"$PIDFILE"
 
     local i
@@ -296,27 +330,38 @@ launch() { # SHIM_DIR
 }
 
 write_config() {
-    local shim_dir=$1
+    local shim_dir=$1 version=$2
     local apparmor=false
     if ! [ -r /sys/module/apparmor/parameters/enabled ] ||
         [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" != Y ]; then
         apparmor=true
     fi
-    local vessel_options=""
-    if [ -n "${VESSEL_TEST_CONFIG:-}" ]; then
-        vessel_options="
-        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.vessel.options]
-          ConfigPath = \"$VESSEL_TEST_CONFIG\""
-    fi
-    cat >"$CONFIG" <<EOF
-# Private containerd for vessel tests, written by scripts/containerd.sh.
+    local config_version=2
+    case "$version" in 1.*) ;; *) config_version=3 ;; esac
+    cat >"$CONFIG" <<EOT
+# Private containerd $version for vessel tests, written by scripts/containerd.sh.
 # shim dir on PATH: $shim_dir
-version = 2
+# containerd bin dir: $BIN_DIR
+version = $config_version
 root = "$DIR/root"
 state = "$DIR/state"
 oom_score = 0
 disabled_plugins = [
+EOT
+    if [ $config_version = 2 ]; then
+        cat >>"$CONFIG" <<EOT
   "io.containerd.snapshotter.v1.aufs",
+EOT
+    else
+        # containerd 2.x: NRI would listen on /var/run/nri/nri.sock, shared by the machine.
+        cat >>"$CONFIG" <<EOT
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs",
+  "io.containerd.nri.v1.nri",
+EOT
+    fi
+    cat >>"$CONFIG" <<EOT
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -340,9 +385,41 @@ disabled_plugins = [
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "$DIR/opt"
+EOT
+    # The runtime handlers, the same on both config versions below a different table.
+    local runtimes vessel_options=""
+    if [ $config_version = 2 ]; then
+        runtimes='plugins."io.containerd.grpc.v1.cri".containerd.runtimes'
+    else
+        runtimes='plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
+    fi
+    if [ -n "${VESSEL_TEST_CONFIG:-}" ]; then
+        vessel_options="
+        [$runtimes.vessel.options]
+          ConfigPath = \"$VESSEL_TEST_CONFIG\""
+    fi
+    local handlers="
+      [$runtimes.runc]
+        runtime_type = \"io.containerd.runc.v2\"
+
+      [$runtimes.vessel]
+        runtime_type = \"io.containerd.vessel.v2\"
+        pod_annotations = [\"io.katacontainers.*\"]
+        container_annotations = [\"io.katacontainers.*\"]$vessel_options
+
+      # Every pod in its own VM: the same shim with the vm backend's configuration.
+      [$runtimes.vessel-vm]
+        runtime_type = \"io.containerd.vessel.v2\"
+        pod_annotations = [\"io.katacontainers.*\"]
+        container_annotations = [\"io.katacontainers.*\"]
+        [$runtimes.vessel-vm.options]
+          ConfigPath = \"$DIR/vessel-vm.toml\""
+
+    if [ $config_version = 2 ]; then
+        cat >>"$CONFIG" <<EOT
 
   [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "registry.k8s.io/pause:3.6"
+    sandbox_image = "$PAUSE_IMAGE"
     restrict_oom_score_adj = true
     enable_selinux = false
     disable_apparmor = $apparmor
@@ -353,30 +430,53 @@ disabled_plugins = [
     enable_tls_streaming = false
 
     [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
+      bin_dir = "$CNI_BIN_DIR"
       conf_dir = "$DIR/cni"
       max_conf_num = 1
 
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = "overlayfs"
       default_runtime_name = "runc"
+$handlers
+EOT
+    else
+        # containerd 2.x (docs/cri/config.md): the runtime side, the image side and the
+        # streaming server are three plugins. Registry hosts come from certs.d/HOST/hosts.toml
+        # (none: the test images are imported, never pulled).
+        mkdir -p "$DIR/certs.d"
+        cat >>"$CONFIG" <<EOT
 
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
 
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
-        runtime_type = "io.containerd.vessel.v2"
-        pod_annotations = ["io.katacontainers.*"]
-        container_annotations = ["io.katacontainers.*"]$vessel_options
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "$PAUSE_IMAGE"
 
-      # Every pod in its own VM: the same shim with the vm backend's configuration.
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel-vm]
-        runtime_type = "io.containerd.vessel.v2"
-        pod_annotations = ["io.katacontainers.*"]
-        container_annotations = ["io.katacontainers.*"]
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel-vm.options]
-          ConfigPath = "$DIR/vessel-vm.toml"
-EOF
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = "$DIR/certs.d"
+
+  [plugins."io.containerd.cri.v1.runtime"]
+    restrict_oom_score_adj = true
+    enable_selinux = false
+    disable_apparmor = $apparmor
+    netns_mounts_under_state_dir = true
+
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["$CNI_BIN_DIR"]
+      conf_dir = "$DIR/cni"
+      max_conf_num = 1
+
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+$handlers
+
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    disable_tcp_service = true
+    enable_tls_streaming = false
+EOT
+    fi
     write_vm_config
 
     mkdir -p "$DIR/cni" "$DIR/cni-ipam"
@@ -423,11 +523,17 @@ start() {
     # crashed or half-stopped before: clean up first
     if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
         log "cleaning up stale $DIR"
+        local wanted=$BIN_DIR
+        [ -f "$CONFIG" ] && use_bin_dir "$(recorded_bin_dir)"
         stop
+        use_bin_dir "$wanted"
     fi
 
-    command -v containerd >/dev/null || die "containerd not installed (make deps)"
-    command -v ctr >/dev/null || die "ctr not installed (make deps)"
+    [ -x "$CONTAINERD" ] || die "containerd not installed (make deps) or not in CONTAINERD_BIN_DIR"
+    [ -x "$CTR" ] || die "ctr not installed (make deps) or not in CONTAINERD_BIN_DIR"
+    local version
+    version=$(containerd_version)
+    [ -n "$version" ] || die "cannot tell the version of $CONTAINERD"
 
     local shim_dir=${SHIM_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/debug}
     case "$shim_dir" in /*) ;; *) shim_dir=$PWD/$shim_dir ;; esac
@@ -438,7 +544,10 @@ start() {
 
     mkdir -p "$DIR"
     chmod 0711 "$DIR"
-    write_config "$shim_dir"
+    write_config "$shim_dir" "$version"
+    echo "$version" >"$DIR/containerd.version"
+    mkdir -p "$DIR/bin"
+    ln -sfn "$CTR" "$DIR/bin/ctr"
     launch "$shim_dir"
 
     local ns f
@@ -449,11 +558,18 @@ start() {
         done
     done
 
-    if ! ctr_ plugins ls 2>/dev/null | grep -Eq 'io\.containerd\.grpc\.v1[[:space:]]+cri[[:space:]].*ok'; then
-        ctr_ plugins ls 2>/dev/null | grep -v ' ok' >&2 || true
-        log "warning: the CRI plugin did not load (see $LOGFILE)"
-    fi
-    log "containerd running: pid $(cat "$PIDFILE"), socket $SOCK, shims from $shim_dir"
+    # containerd 2.x splits CRI into the runtime and image plugins and the gRPC service
+    local plugins cri_plugins='io\.containerd\.grpc\.v1[[:space:]]+cri'
+    case "$version" in 1.*) ;; *) cri_plugins="$cri_plugins io\.containerd\.cri\.v1[[:space:]]+runtime io\.containerd\.cri\.v1[[:space:]]+images" ;; esac
+    plugins=$(ctr_ plugins ls 2>/dev/null || true)
+    for p in $cri_plugins; do
+        if ! grep -Eq "^$p[[:space:]].*[[:space:]]ok[[:space:]]*$" <<<"$plugins"; then
+            grep -Ev '[[:space:]]ok[[:space:]]*$' <<<"$plugins" >&2 || true
+            log "warning: the CRI plugin did not load (see $LOGFILE)"
+            break
+        fi
+    done
+    log "containerd $version running: pid $(cat "$PIDFILE"), socket $SOCK, shims from $shim_dir"
 }
 
 print_env() {
@@ -465,6 +581,8 @@ export CONTAINER_RUNTIME_ENDPOINT='unix://$SOCK'
 export IMAGE_SERVICE_ENDPOINT='unix://$SOCK'
 export VESSEL_TEST_CNI_BRIDGE='$BRIDGE'
 export VESSEL_TEST_CNI_SUBNET='$SUBNET'
+export VESSEL_TEST_CONTAINERD_VERSION='$(cat "$DIR/containerd.version" 2>/dev/null || containerd_version)'
+export VESSEL_TEST_CTR='$CTR'
 EOF
 }
 
