@@ -176,7 +176,14 @@ pub fn run_with_limit(program: &str, args: &[&str], limit: Duration) -> Output {
 /// `ctr` command line (against the private containerd) quoted for `sh -c`.
 pub fn ctr_shell_command(args: &[&str]) -> String {
     let sock = socket();
-    let mut words = vec!["ctr", "--address", sock.to_str().unwrap(), "-n", NAMESPACE];
+    let ctr = ctr_binary();
+    let mut words = vec![
+        ctr.to_str().unwrap(),
+        "--address",
+        sock.to_str().unwrap(),
+        "-n",
+        NAMESPACE,
+    ];
     words.extend_from_slice(args);
     words
         .iter()
@@ -202,7 +209,7 @@ impl EventWatcher {
         let probe = unique_id("events-probe");
         let probe_guard = ContainerGuard::new(&probe);
         ctr_ok(&["containers", "create", BUSYBOX, &probe, "true"]);
-        let mut child = Command::new("ctr")
+        let mut child = Command::new(ctr_binary())
             .arg("--address")
             .arg(socket())
             .args(["-n", NAMESPACE, "events"])

@@ -7,6 +7,9 @@
 //! The images `docker.io/library/busybox:latest` and
 //! `registry.k8s.io/pause:3.6` are imported into the `default` and `k8s.io`
 //! namespaces; containerd finds `containerd-shim-vessel-v2` on its PATH.
+//! The containerd may be 1.6 or 2.x: `DIR/containerd.version` says which
+//! ([`containerd_version`]), and `DIR/bin/ctr` is the `ctr` of the same release
+//! ([`ctr_binary`]).
 //!
 //! `ctr` helpers are in [`ctr`], CRI client helpers in [`cri`], the guest agent's protocol in
 //! [`agent`].
@@ -58,6 +61,42 @@ pub fn containerd_dir() -> PathBuf {
 /// The private containerd's API socket.
 pub fn socket() -> PathBuf {
     containerd_dir().join("containerd.sock")
+}
+
+/// The `ctr` of the private containerd's release: `DIR/bin/ctr` (written by
+/// `scripts/containerd.sh`), else `$VESSEL_TEST_CTR`, else `ctr` from PATH.
+pub fn ctr_binary() -> PathBuf {
+    let own = containerd_dir().join("bin/ctr");
+    if own.exists() {
+        return own;
+    }
+    match std::env::var_os("VESSEL_TEST_CTR") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => PathBuf::from("ctr"),
+    }
+}
+
+/// The private containerd's version, (major, minor, patch): `DIR/containerd.version`
+/// (written by `scripts/containerd.sh`), else `$VESSEL_TEST_CONTAINERD_VERSION`, else 1.6.0.
+pub fn containerd_version() -> (u32, u32, u32) {
+    let text = fs::read_to_string(containerd_dir().join("containerd.version"))
+        .ok()
+        .or_else(|| std::env::var("VESSEL_TEST_CONTAINERD_VERSION").ok())
+        .unwrap_or_default();
+    let mut parts = text
+        .trim()
+        .trim_start_matches('v')
+        .split(['.', '~', '+', '-'])
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor, parts.next().flatten().unwrap_or(0)),
+        _ => (1, 6, 0),
+    }
+}
+
+/// Whether the private containerd is 2.x or newer.
+pub fn containerd_2() -> bool {
+    containerd_version().0 >= 2
 }
 
 /// The last `lines` lines of the private containerd's log, for failure messages.
@@ -149,7 +188,7 @@ impl Ctr {
 
     /// Runs ctr; `Err` (with whatever it printed) when it hit the time limit.
     pub fn try_run(&self) -> Result<Output, String> {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(ctr_binary());
         cmd.arg("--address")
             .arg(socket())
             .arg("-n")
@@ -661,8 +700,8 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Where a shim v2 for (`address`, `ns`, `id`) listens: containerd 1.6 and
-/// the Rust `containerd-shim` crate both use
+/// Where a shim v2 for (`address`, `ns`, `id`) listens: containerd 1.6 and 2.x
+/// (`pkg/shim.SocketAddress`) and the Rust `containerd-shim` crate all use
 /// `/run/containerd/s/hex(sha256("ADDRESS/NS/ID"))`.
 pub fn shim_socket_path(address: &Path, ns: &str, id: &str) -> PathBuf {
     let key = format!("{}/{ns}/{id}", address.display());
