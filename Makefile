@@ -101,21 +101,48 @@ test: deps guest
 unit-test:
 	$(CARGO) test --workspace --lib --bins
 
-# Starts the private containerd, runs tests/*.rs against it, then the ctr and CRI tests again
-# on the vm backend, and always stops it again (also on failure or Ctrl-C), keeping the tests'
-# exit code.
+# The integration tests run twice: against the system's containerd (1.6 on bookworm) and
+# against containerd 2.x, Debian unstable's, unpacked under build/ and never installed
+# (scripts/deps.sh sid). Each pass starts its own private containerd, runs tests/*.rs against
+# it, then the ctr and CRI tests again on the vm backend, and stops it again. Both are always
+# stopped (also on failure or Ctrl-C); a failed pass does not skip the other one, and the exit
+# code says whether both passed.
+CONTAINERD_2 := $(BUILD_DIR)/containerd-2
+TEST_CONTAINERD_2 ?= $(TEST_CONTAINERD)-2
+# Tests that never talk to containerd (the guest agent as a host process, the guest under
+# QEMU): the first pass runs them, the second leaves them out.
+CONTAINERD_FREE_TESTS := agent guest
+TEST_NAMES = $(basename $(notdir $(INTEGRATION_TESTS)))
+
 integration-test:
 	@if [ -z '$(INTEGRATION_TESTS)' ]; then \
 		echo "integration-test: no tests/*.rs"; exit 0; fi; \
-	dir='$(TEST_CONTAINERD)'; \
-	trap '$(CONTAINERD_SH) stop "$$dir"' EXIT; \
+	$(REPO)/scripts/deps.sh sid '$(CONTAINERD_2)' containerd; \
+	trap '$(CONTAINERD_SH) stop "$(TEST_CONTAINERD)"; $(CONTAINERD_SH) stop "$(TEST_CONTAINERD_2)"' EXIT; \
 	trap 'exit 130' INT TERM; \
-	SHIM_DIR=$(DEBUG_DIR) $(CONTAINERD_SH) start "$$dir"; \
-	VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' \
-		$(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS); \
-	echo "== the ctr and CRI tests again, every container in a VM (VESSEL_TEST_BACKEND=vm)"; \
-	VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_TEST_BACKEND=vm \
-		$(CARGO) test --test ctr --test cri -- --test-threads=$(TEST_THREADS)
+	summary=""; rc=0; \
+	pass() { \
+		local dir=$$1 bin=$$2 tests=$$3 start=$$SECONDS version ok=1; \
+		if ! SHIM_DIR=$(DEBUG_DIR) CONTAINERD_BIN_DIR="$$bin" $(CONTAINERD_SH) start "$$dir"; then \
+			summary="$$summary== containerd $${bin:-system}: did not start"$$'\n'; return 1; fi; \
+		version=$$(cat "$$dir/containerd.version"); \
+		echo "== containerd $$version ($${bin:-system}): tests $$tests"; \
+		VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' \
+			$(CARGO) test $$(printf -- '--test %s ' $$tests) -- --test-threads=$(TEST_THREADS) || ok=0; \
+		if [ $$ok = 1 ]; then \
+			echo "== containerd $$version: the ctr and CRI tests again, every container in a VM (VESSEL_TEST_BACKEND=vm)"; \
+			VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_TEST_BACKEND=vm \
+				$(CARGO) test --test ctr --test cri -- --test-threads=$(TEST_THREADS) || ok=0; \
+		fi; \
+		$(CONTAINERD_SH) stop "$$dir" || ok=0; \
+		summary="$$summary== containerd $$version: $$([ $$ok = 1 ] && echo passed || echo FAILED) in $$((SECONDS - start)) s"$$'\n'; \
+		[ $$ok = 1 ]; \
+	}; \
+	pass '$(TEST_CONTAINERD)' '' '$(TEST_NAMES)' || rc=1; \
+	pass '$(TEST_CONTAINERD_2)' '$(CONTAINERD_2)/usr/bin' \
+		'$(filter-out $(CONTAINERD_FREE_TESTS),$(TEST_NAMES))' || rc=1; \
+	printf '%s' "$$summary"; \
+	exit $$rc
 
 # A private containerd for poking around by hand (debug shim):
 #   make containerd-start && eval "$$(scripts/containerd.sh env $(TEST_CONTAINERD))"
@@ -162,5 +189,6 @@ lint:
 
 clean:
 	$(CONTAINERD_SH) stop '$(TEST_CONTAINERD)'
+	$(CONTAINERD_SH) stop '$(TEST_CONTAINERD_2)'
 	$(CARGO) clean
 	rm -rf $(BUILD_DIR)
