@@ -6,7 +6,7 @@
 #   make agent     release build of vessel-agent (static), the guest's PID 1
 #   make guest     the guest image: kernel and initramfs into build/guest (cached)
 #   make install   shim into $(PREFIX)/bin, configuration.toml into /etc/vessel, the guest
-#                  image into /usr/share/vessel
+#                  image (and the modules it loads on demand) into /usr/share/vessel
 #   make images    offline test images into build/images
 #   make test      unit tests, then integration tests against a private containerd
 #   make demo      run busybox under vessel in a throw-away private containerd
@@ -88,6 +88,8 @@ install: build guest
 	install -D -m 0644 $(REPO)/config/configuration-vm.toml $(DESTDIR)/etc/vessel/configuration-vm.toml
 	install -D -m 0644 $(GUEST_DIR)/vmlinux $(SHARE_DIR)/vmlinux
 	install -D -m 0644 $(GUEST_DIR)/initramfs.cpio $(SHARE_DIR)/initramfs.img
+	rm -rf $(SHARE_DIR)/modules
+	cp -R $(GUEST_DIR)/modules $(SHARE_DIR)/modules
 
 images:
 	$(REPO)/scripts/build-images.sh $(IMAGES_DIR)

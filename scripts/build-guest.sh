@@ -4,26 +4,41 @@
 #   OUT/vmlinux          the kernel of linux-image-amd64, uncompressed (its PVH entry boots
 #                        without unpacking xz under emulation)
 #   OUT/initramfs.cpio   uncompressed newc cpio, sorted, every mtime 0:
-#                          /init                 vessel-agent (static)
+#                          /init                 vessel-agent (static), in /bin; /bin/modprobe
 #                          /usr/bin/crun         sid's (it runs every spec version containerd
 #                                                writes, 1.0 to 1.2.x; bookworm's refuses 1.2),
 #                                                with the shared libraries it links, from sid too
 #                          /bin/busybox          for debugging (rdinit=/bin/busybox)
 #                          /lib/modules/<kver>/  the VM's device and file system modules,
 #                                                with their own modules.dep
+#   OUT/modules/<kver>/  modules loaded on demand (bridge, veth, netfilter, overlay, ...),
+#                        shared read-only with each VM, with their modules.dep/alias/devname
 #   OUT/kernel-release   the kernel's release
 #
 #   scripts/build-guest.sh OUT AGENT SID  (make guest; AGENT: the release vessel-agent; SID:
 #                                          crun and its libraries unpacked by `deps.sh sid`)
 set -euo pipefail
 
-OUT=${1:?usage: build-guest.sh OUT AGENT}
+OUT=${1:?usage: build-guest.sh OUT AGENT SID}
 AGENT=${2:?usage: build-guest.sh OUT AGENT SID}
 SID=${3:?usage: build-guest.sh OUT AGENT SID}
 # The modules of the image, with their dependencies: PCI transport, the agent's serial
 # port, the shared directory (9p or virtio-fs), networking, entropy. The agent loads those
 # of the devices the VM has (modules.alias), and the shared directory's file system.
 MODULES=(virtio_pci virtio_console 9pnet_virtio 9p virtiofs virtio_net virtio_rng)
+# What a privileged container can do with kata's guest kernel (built in there): bridges,
+# virtual links and tunnels, netfilter (nftables and iptables, NAT, conntrack), traffic
+# control, overlay and FUSE file systems. Loaded on demand, not at boot.
+ON_DEMAND_MODULES=(
+    bridge br_netfilter veth tun macvlan ipvlan vxlan 8021q dummy ipip
+    overlay fuse
+    nf_tables nft_chain_nat nft_compat nft_ct nft_masq nft_nat nft_reject_inet nft_fib_inet
+    nf_conntrack nf_nat ip_tables ip6_tables iptable_filter iptable_nat iptable_mangle
+    iptable_raw ip6table_filter ip6table_nat ip6table_mangle ipt_REJECT ip6t_REJECT
+    xt_conntrack xt_addrtype xt_comment xt_mark xt_multiport xt_MASQUERADE xt_REDIRECT
+    xt_nat xt_state xt_tcpudp xt_LOG xt_limit xt_CHECKSUM
+    sch_htb sch_ingress sch_netem cls_u32 cls_bpf act_mirred
+)
 
 log() { echo "build-guest: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -56,7 +71,11 @@ extract_vmlinux "/boot/vmlinuz-$KVER" "$TMP/vmlinux"
 # 2. The initramfs tree.
 ROOT=$TMP/root
 mkdir -p "$ROOT"/{bin,dev,proc,sys,run,tmp,etc,usr/bin,lib64}
-install -m 0755 "$AGENT" "$ROOT/init"
+# The agent is /init, and the guest's modprobe (the kernel runs /bin/modprobe for a module it
+# needs); it keeps /bin once it left the initramfs.
+install -m 0755 "$AGENT" "$ROOT/bin/vessel-agent"
+ln -s bin/vessel-agent "$ROOT/init"
+ln -s vessel-agent "$ROOT/bin/modprobe"
 install -m 0755 /bin/busybox "$ROOT/bin/busybox"
 ln -s busybox "$ROOT/bin/sh"
 # The kernel opens /dev/console for init before anything is mounted.
@@ -76,28 +95,45 @@ awk '$2 == "=>" && $3 ~ /^\// { print $3 }' "$TMP/libs" | while read -r lib; do
 done
 ln -s "../$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/lib64/ld-linux-x86-64.so.2"
 
-# The modules and a modules.dep of just them.
+# A module tree: modules NAMES... and what they need, copied under DEST as under
+# /lib/modules/KVER, with a modules.dep, modules.alias and modules.devname of just them.
+module_tree() { # DEST NAMES...
+    local dest=$1 moddir=/lib/modules/$KVER path rel
+    shift
+    mkdir -p "$dest"
+    modprobe -a -S "$KVER" --show-depends "$@" | awk '$1 == "insmod" { print $2 }' | sort -u >"$TMP/modules"
+    while read -r path; do
+        rel=${path#"$moddir"/}
+        mkdir -p "$dest/$(dirname "$rel")"
+        cp "$path" "$dest/$rel"
+    done <"$TMP/modules"
+    sed "s|^$moddir/||" "$TMP/modules" >"$TMP/wanted"
+    awk -F: 'NR == FNR { want[$0] = 1; next } ($1 in want)' "$TMP/wanted" "$moddir/modules.dep" >"$dest/modules.dep"
+    [ "$(wc -l <"$dest/modules.dep")" = "$(wc -l <"$TMP/wanted")" ] || die "modules.dep misses modules"
+    # Their aliases: of devices (`alias virtio:d00000001v* virtio_net`), by which the agent
+    # loads drivers, and the names the kernel asks for (`alias rtnl-link-veth veth`).
+    sed 's|.*/||; s|\.ko.*||; s|-|_|g' "$TMP/wanted" >"$TMP/names"
+    awk 'NR == FNR { want[$0] = 1; next } $1 == "alias" { m = $3; gsub("-", "_", m); if (m in want) print }' \
+        "$TMP/names" "$moddir/modules.alias" >"$dest/modules.alias"
+    awk 'NR == FNR { want[$0] = 1; next } !/^#/ { m = $1; gsub("-", "_", m); if (m in want) print }' \
+        "$TMP/names" "$moddir/modules.devname" >"$dest/modules.devname"
+}
 MODDIR=/lib/modules/$KVER
-mkdir -p "$ROOT$MODDIR"
-modprobe -a -S "$KVER" --show-depends "${MODULES[@]}" | awk '$1 == "insmod" { print $2 }' | sort -u >"$TMP/modules"
-while read -r path; do
-    rel=${path#"$MODDIR"/}
-    mkdir -p "$ROOT$MODDIR/$(dirname "$rel")"
-    cp "$path" "$ROOT$MODDIR/$rel"
-done <"$TMP/modules"
-sed "s|^$MODDIR/||" "$TMP/modules" >"$TMP/wanted"
-awk -F: 'NR == FNR { want[$0] = 1; next } ($1 in want)' "$TMP/wanted" "$MODDIR/modules.dep" >"$ROOT$MODDIR/modules.dep"
-[ "$(wc -l <"$ROOT$MODDIR/modules.dep")" = "$(wc -l <"$TMP/wanted")" ] || die "modules.dep misses modules"
-# Their device aliases (`alias virtio:d00000001v* virtio_net`), by which the agent loads them.
-sed 's|.*/||; s|\.ko.*||; s|-|_|g' "$TMP/wanted" >"$TMP/names"
-awk 'NR == FNR { want[$0] = 1; next } $1 == "alias" && $2 ~ /:/ { m = $3; gsub("-", "_", m); if (m in want) print }' \
-    "$TMP/names" "$MODDIR/modules.alias" >"$ROOT$MODDIR/modules.alias"
+module_tree "$ROOT$MODDIR" "${MODULES[@]}"
 grep -q ' virtio_pci$' "$ROOT$MODDIR/modules.alias" || die "modules.alias has no alias for virtio_pci"
+
+# The modules a privileged container may ask the kernel for, outside the image: the host
+# shares OUT/modules with each VM read-only, and the kernel's module requests load them
+# from there (the agent is the guest's modprobe).
+rm -rf "$TMP/modules-tree"
+module_tree "$TMP/modules-tree/$KVER" "${ON_DEMAND_MODULES[@]}"
 
 # 3. A reproducible archive: sorted names, fixed owners and times.
 find "$ROOT" -exec touch -h -d @0 {} +
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible) >"$TMP/initramfs.cpio"
 
+rm -rf "$OUT/modules"
+mv "$TMP/modules-tree" "$OUT/modules"
 mv "$TMP/vmlinux" "$OUT/vmlinux"
 mv "$TMP/initramfs.cpio" "$OUT/initramfs.cpio"
 echo "$KVER" >"$OUT/kernel-release"

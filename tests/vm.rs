@@ -722,3 +722,45 @@ fn guest_memory_is_backed_as_configured() {
     );
     assert_no_leftovers(&id);
 }
+
+/// What a privileged container can do with kata's guest kernel it can do in ours: the kernel
+/// loads the modules it asks for (bridge, veth, tun, overlay) from those the host shares with
+/// the VM read-only, and a container given only CAP_NET_ADMIN adds a bridge too.
+#[test]
+fn a_privileged_container_gets_the_kernel_modules_it_asks_for() {
+    let id = unique_id("vm-modules");
+    let _guard = ContainerGuard::new(&id);
+    let script = "brctl addbr br-test && ip link add v-test type veth peer name v-peer && \
+                  tunctl -t tap-test >/dev/null && mkdir -p /mnt && mount -t tmpfs tmpfs /mnt && \
+                  mkdir /mnt/lower /mnt/upper /mnt/work /mnt/merged && echo lower > /mnt/lower/f && \
+                  mount -t overlay overlay \
+                    -o lowerdir=/mnt/lower,upperdir=/mnt/upper,workdir=/mnt/work /mnt/merged && \
+                  cat /mnt/merged/f && cut -d' ' -f1 /proc/modules";
+    let out = run_vm(&id, &["--privileged"], &["sh", "-c", script]).run();
+    assert_success("modules in a privileged vm container", &out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("lower\n"),
+        "the overlay mount reads through: {text}"
+    );
+    for module in ["bridge", "veth", "tun", "overlay"] {
+        assert!(text.lines().any(|l| l == module), "{module} loaded: {text}");
+    }
+    assert_no_leftovers(&id);
+
+    let id = unique_id("vm-netadmin");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_vm(
+        &id,
+        &["--cap-add", "CAP_NET_ADMIN"],
+        &[
+            "sh",
+            "-c",
+            "brctl addbr br-test && ls /sys/class/net | grep -c br-test",
+        ],
+    )
+    .run();
+    assert_success("brctl addbr with CAP_NET_ADMIN (vm)", &out);
+    assert_eq!(stdout(&out).trim(), "1");
+    assert_no_leftovers(&id);
+}

@@ -64,6 +64,10 @@ enum Channel {
 const LAST_REPLIES: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.first().is_some_and(|argv0| modules::is_modprobe(argv0)) {
+        return modules::modprobe(&args[1..]);
+    }
     let pid1 = std::process::id() == 1;
     let settings = if pid1 {
         guest_settings()
@@ -174,7 +178,8 @@ async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
             .spawn(move || {
                 // SAFETY: on Linux, setpriority of pid 0 changes the calling thread only.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-                modules.load(&drivers)
+                modules.load(&drivers);
+                modules::serve_requests();
             });
         if let Err(e) = loading {
             log::warn!("no thread to load the other modules: {e}");

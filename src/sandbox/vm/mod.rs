@@ -49,6 +49,7 @@ use crate::{
 };
 
 pub use memory::{meminfo_value, HUGEPAGES_DIR};
+pub use shared::MODULES_DIR;
 pub use qemu::recorded_kvm;
 
 /// How long a guest may take to answer under KVM before the host's KVM counts as unusable.
@@ -100,6 +101,7 @@ pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
 
 fn remove_state(dir: &Path) -> Result<()> {
     let shared = shared_root(dir);
+    shared::remove_modules(&shared);
     while nix::mount::umount2(&shared, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -407,6 +409,7 @@ impl Sandbox for VmSandbox {
             .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
         // Recorded before QEMU exists, so that a crash at any step is cleaned up.
         self.save(|_| ())?;
+        shared::add_modules(&shared, &hypervisor.initrd_path)?;
         let attached = self.attach_network(config).await?;
         let virtio_fs_socket = self.start_virtiofsd(config, &shared).await?;
         let mut agent_params = vec![format!(

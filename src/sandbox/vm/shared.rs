@@ -59,6 +59,31 @@ fn mount_point(source: &Path, target: &Path) -> Result<()> {
     }
 }
 
+/// Where in the shared directory the guest finds the kernel modules it loads on demand.
+pub const MODULES_DIR: &str = ".modules";
+
+/// Shares the modules that go with the guest image `initrd` (the `modules` directory beside
+/// it, where `make guest` and `make install` put them) read-only at [`MODULES_DIR`] in the
+/// shared directory `root`; nothing when the image has none.
+pub fn add_modules(root: &Path, initrd: &str) -> Result<()> {
+    let Some(source) = Path::new(initrd)
+        .parent()
+        .map(|dir| dir.join("modules"))
+        .filter(|dir| dir.is_dir())
+    else {
+        return Ok(());
+    };
+    let target = root.join(MODULES_DIR);
+    std::fs::create_dir_all(&target)
+        .map_err(|e| Error::io(format!("mount point {}", target.display()), e))?;
+    bind(&source, &target, true)
+}
+
+/// Unmounts the modules [`add_modules`] shared into `root`.
+pub fn remove_modules(root: &Path) {
+    while umount2(&root.join(MODULES_DIR), MntFlags::MNT_DETACH).is_ok() {}
+}
+
 /// Unmounts `mounts`, last first, then removes the container's directory `dir`.
 pub fn remove(dir: &Path, mounts: &[PathBuf]) {
     for target in mounts.iter().rev() {
