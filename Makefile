@@ -88,6 +88,7 @@ install: build guest
 	install -D -m 0644 $(REPO)/config/configuration-vm.toml $(DESTDIR)/etc/vessel/configuration-vm.toml
 	install -D -m 0644 $(GUEST_DIR)/vmlinux $(SHARE_DIR)/vmlinux
 	install -D -m 0644 $(GUEST_DIR)/initramfs.cpio $(SHARE_DIR)/initramfs.img
+	install -D -m 0644 $(GUEST_DIR)/runtime-features.json $(SHARE_DIR)/runtime-features.json
 	rm -rf $(SHARE_DIR)/modules
 	cp -R $(GUEST_DIR)/modules $(SHARE_DIR)/modules
 

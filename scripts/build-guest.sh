@@ -13,6 +13,7 @@
 #                                                with their own modules.dep
 #   OUT/modules/<kver>/  modules loaded on demand (bridge, veth, netfilter, overlay, ...),
 #                        shared read-only with each VM, with their modules.dep/alias/devname
+#   OUT/runtime-features.json  the guest crun's features (runtime-spec), for the shim's -info
 #   OUT/kernel-release   the kernel's release
 #
 #   scripts/build-guest.sh OUT AGENT SID  (make guest; AGENT: the release vessel-agent; SID:
@@ -94,6 +95,8 @@ awk '$2 == "=>" && $3 ~ /^\// { print $3 }' "$TMP/libs" | while read -r lib; do
     install -m 0755 "$(readlink -f "$lib")" "$ROOT/$LIBDIR/$(basename "$lib")"
 done
 ln -s "../$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/lib64/ld-linux-x86-64.so.2"
+# What it supports (runtime-spec features.md), for the shim's -info.
+"$SID/$LIBDIR/ld-linux-x86-64.so.2" --library-path "$SID/$LIBDIR" "$SID/usr/bin/crun" features >"$TMP/runtime-features.json"
 
 # A module tree: modules NAMES... and what they need, copied under DEST as under
 # /lib/modules/KVER, with a modules.dep, modules.alias and modules.devname of just them.
@@ -134,6 +137,7 @@ find "$ROOT" -exec touch -h -d @0 {} +
 
 rm -rf "$OUT/modules"
 mv "$TMP/modules-tree" "$OUT/modules"
+mv "$TMP/runtime-features.json" "$OUT/runtime-features.json"
 mv "$TMP/vmlinux" "$OUT/vmlinux"
 mv "$TMP/initramfs.cpio" "$OUT/initramfs.cpio"
 echo "$KVER" >"$OUT/kernel-release"

@@ -6,6 +6,7 @@
 
 mod bundle;
 mod events;
+mod info;
 mod io;
 mod process;
 mod service;
@@ -58,6 +59,9 @@ pub async fn run() -> ExitCode {
         println!("{RUNTIME_ID} {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if flags.info {
+        return print_info();
+    }
     let result = match flags.action.as_str() {
         "start" => start(&flags).await,
         "delete" => delete(&flags).await,
@@ -70,6 +74,31 @@ pub async fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("{RUNTIME_ID}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `-info`: the runtime options on stdin, the `RuntimeInfo` on stdout.
+fn print_info() -> ExitCode {
+    use std::io::{Read, Write};
+    let mut options = Vec::new();
+    // containerd sends a small protobuf; more than this is not runtime options.
+    let info = std::io::stdin()
+        .take(1 << 20)
+        .read_to_end(&mut options)
+        .map_err(|e| format!("read the runtime options: {e}"))
+        .and_then(|_| info::runtime_info(&options));
+    match info.and_then(|info| {
+        let mut stdout = std::io::stdout();
+        stdout
+            .write_all(&info)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{RUNTIME_ID}: -info: {message}");
             ExitCode::FAILURE
         }
     }

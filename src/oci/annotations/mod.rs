@@ -34,6 +34,21 @@ pub fn keys() -> impl Iterator<Item = &'static str> {
     TABLE.iter().map(|e| e.key)
 }
 
+/// Every honoured annotation key, with what its value takes (for `-info`).
+pub fn honoured() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TABLE.iter().map(|e| {
+        let takes = match e.kind {
+            table::Kind::Bool(_) => "boolean",
+            table::Kind::U32(..) => "unsigned integer",
+            table::Kind::Choice(..) => "one of fixed names",
+            table::Kind::Text(_) | table::Kind::Custom(_) => "text",
+            table::Kind::Path(..) => "host path, if enable_annotations and valid_*_paths allow it",
+            table::Kind::Sha512 => "SHA-512 digest",
+        };
+        (e.key, takes)
+    })
+}
+
 /// The honoured key an `enable_annotations` entry stands for, if any.
 pub fn resolve_enable_entry(entry: &str) -> Option<&'static str> {
     keys().find(|key| entry_matches(entry, key))
