@@ -8,6 +8,7 @@ mod init;
 mod modules;
 mod network;
 mod paths;
+mod ports;
 mod processes;
 mod reaper;
 mod service;

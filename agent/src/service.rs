@@ -23,6 +23,7 @@ use vessel::{
 use crate::{
     error::{check_id, Refused},
     paths::SharedDir,
+    ports::{self, Ports},
     processes::{Chunk, Key, Output, Process, Processes},
     spec,
 };
@@ -50,6 +51,8 @@ pub struct AgentService {
     lifecycle: tokio::sync::Mutex<Started>,
     ooms: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     destroyed: Arc<Notify>,
+    /// The connections of the pod's port forwarding.
+    ports: Ports,
 }
 
 /// Whether the sandbox was started (at the pod's first container).
@@ -103,6 +106,7 @@ impl AgentService {
             lifecycle: tokio::sync::Mutex::new(Started::default()),
             ooms: tokio::sync::Mutex::new(oom_receiver),
             destroyed,
+            ports: Ports::default(),
         })
     }
 
@@ -568,6 +572,49 @@ impl agent_ttrpc::Agent for AgentService {
         self.destroy().await?;
         log::info!("sandbox destroyed");
         self.destroyed.notify_one();
+        Ok(empty())
+    }
+
+    async fn open_port(
+        &self,
+        _: &TtrpcContext,
+        req: api::OpenPortRequest,
+    ) -> Reply<api::PortStream> {
+        Ok(api::PortStream {
+            stream_id: self.ports.open(req.port).await?,
+            ..Default::default()
+        })
+    }
+
+    async fn write_port(
+        &self,
+        _: &TtrpcContext,
+        req: api::WritePortRequest,
+    ) -> Reply<api::WriteStreamResponse> {
+        self.ports
+            .write(req.stream_id, &req.data, req.close_write)
+            .await?;
+        Ok(api::WriteStreamResponse {
+            written: req.data.len() as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn read_port(
+        &self,
+        _: &TtrpcContext,
+        req: api::ReadPortRequest,
+    ) -> Reply<api::ReadStreamResponse> {
+        let mut reply = api::ReadStreamResponse::default();
+        match self.ports.read(req.stream_id, req.max_bytes).await? {
+            ports::Read::Data(data) => reply.data = data,
+            ports::Read::End => reply.eof = true,
+        }
+        Ok(reply)
+    }
+
+    async fn close_port(&self, _: &TtrpcContext, req: api::PortStream) -> Reply<api::Empty> {
+        self.ports.close(req.stream_id)?;
         Ok(empty())
     }
 }
