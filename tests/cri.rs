@@ -528,10 +528,112 @@ async fn stop_of_a_container_that_just_exited_succeeds() {
             })
             .await
             .unwrap_or_else(|e| panic!("StopContainer of {id}, exited: {e:?}"));
+        // containerd 1.6 may answer StopContainer between deleting the exited task and
+        // recording the exit; kubelet removes the container once it is seen exited.
+        let mut exited = false;
+        for _ in 0..100 {
+            let status = cri
+                .runtime
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .expect("a status");
+            if status.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+                exited = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(exited, "{id} seen exited within 10 s");
         cri.runtime
             .remove_container(RemoveContainerRequest { container_id: id })
             .await
             .expect("RemoveContainer");
     }
+    cri.remove_pod(&pod, 1).await;
+}
+
+/// A read-only volume that is not recursively read-only leaves the mounts under its source
+/// writable (a tmpfs here), as runc does, and the host's own mount points stay the host's:
+/// while the container runs, the host unmounts that tmpfs and removes the volume's directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_volume_keeps_the_mounts_under_it_writable_and_the_hosts() {
+    let mut cri = Cri::connect().await;
+    let logs = LogDir::new("cri-ro-volume");
+    let config = pod_config("ro-volume", &logs.0, NamespaceMode::Pod);
+    let pod = cri.run_pod(&config).await.expect("RunPodSandbox");
+    let _pod_guard = PodGuard(pod.clone());
+    let source = tempfile::Builder::new()
+        .prefix("vessel-ro-volume")
+        .tempdir()
+        .expect("temp dir");
+    let tmpfs = source.path().join("tmpfs");
+    std::fs::create_dir(&tmpfs).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&tmpfs)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "mount a tmpfs under the volume"
+    );
+    let mut container = container_config("ro-volume", "sleep 1000");
+    container.mounts = vec![k8s_cri::v1::Mount {
+        container_path: "/mnt".into(),
+        host_path: source.path().display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let id = cri
+        .runtime
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    cri.runtime
+        .start_container(k8s_cri::v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let written = cri
+        .exec_sh(&id, "touch /mnt/tmpfs/file && echo written")
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&written.stdout).trim(),
+        "written",
+        "the tmpfs under the read-only volume is writable: {written:?}"
+    );
+    let refused = cri.exec_sh(&id, "touch /mnt/file 2>&1").await;
+    assert_ne!(refused.exit_code, 0, "the volume itself is read-only");
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("Read-only file system"),
+        "{refused:?}"
+    );
+    assert!(tmpfs.join("file").exists(), "written to the host's tmpfs");
+
+    let unmounted = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&tmpfs)
+        .status();
+    assert!(
+        unmounted.is_ok_and(|s| s.success()),
+        "umount the host's tmpfs"
+    );
+    let removed = std::fs::remove_dir_all(source.path());
+    assert!(
+        removed.is_ok(),
+        "the volume's directory is removed while the pod runs: {removed:?}"
+    );
     cri.remove_pod(&pod, 1).await;
 }

@@ -2,7 +2,10 @@
 //! the sources of its bind mounts (volumes, `/etc/hosts`, `resolv.conf`, ...) are mounted in
 //! it, and the container's spec names them by their place in it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::ffi::OsStringExt,
+    path::{Path, PathBuf},
+};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::Spec;
@@ -21,27 +24,68 @@ pub struct Shared {
     pub mounts: Vec<PathBuf>,
 }
 
-fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+/// Binds `source` at `target`, with the mounts under it when `recursive`.
+fn bind(source: &Path, target: &Path, readonly: bool, recursive: bool) -> Result<()> {
     let failed = |e: nix::Error| {
         Error::io(
             format!("bind {} to {}", source.display(), target.display()),
             e.into(),
         )
     };
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(failed)?;
+    let flags = if recursive {
+        MsFlags::MS_BIND | MsFlags::MS_REC
+    } else {
+        MsFlags::MS_BIND
+    };
+    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(failed)?;
     if readonly {
         // The guest gets no way to write what the spec made read-only.
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(failed)?;
     }
     Ok(())
+}
+
+/// A mount point of `/proc/self/mountinfo` (field 5), its octal escapes (`\040`) undone.
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// The mounts below `source` in a `mountinfo` text, as paths relative to it, each once,
+/// shallowest first (a mount before those inside it).
+fn submounts(mountinfo: &str, source: &Path) -> Vec<PathBuf> {
+    let mut below: Vec<PathBuf> = Vec::new();
+    for point in mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+    {
+        if let Ok(relative) = point.strip_prefix(source) {
+            if !relative.as_os_str().is_empty() && !below.iter().any(|b| b == relative) {
+                below.push(relative.to_path_buf());
+            }
+        }
+    }
+    below.sort_by_key(|p| p.components().count());
+    below
 }
 
 /// An empty file or directory at `target`, as `source` is one.
@@ -76,7 +120,7 @@ pub fn add_modules(root: &Path, initrd: &str) -> Result<()> {
     let target = root.join(MODULES_DIR);
     std::fs::create_dir_all(&target)
         .map_err(|e| Error::io(format!("mount point {}", target.display()), e))?;
-    bind(&source, &target, true)
+    bind(&source, &target, true, false)
 }
 
 /// Unmounts the modules [`add_modules`] shared into `root`.
@@ -123,28 +167,99 @@ async fn place(
         std::fs::create_dir_all(&target)
             .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
         mounts.push(target.clone());
-        bind(&source, &target, readonly)?;
+        bind(&source, &target, readonly, true)?;
     } else {
         mounts.push(target.clone());
         rootfs::mount(&req.rootfs, &target).await?;
     }
     let mut spec = req.config.custom_spec.clone();
-    if let Some(spec_mounts) = spec.mounts_mut() {
-        for (i, m) in spec_mounts.iter_mut().enumerate() {
-            if !is_bind(m) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
+    let mut guest_mounts = Vec::new();
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let source = match m.source() {
+            Some(source) if is_bind(m) => source.clone(),
+            _ => {
+                guest_mounts.push(m.clone());
                 continue;
             }
-            let Some(source) = m.source().clone() else {
-                continue;
+        };
+        let options = m.options().clone().unwrap_or_default();
+        let ro = options.iter().any(|o| o == "ro");
+        let rro = options.iter().any(|o| o == "rro");
+        // Each mount under the source is bound on its own, on a mount point of ours, and
+        // mounted by the guest where it sits in the source: the host's own mount points stay
+        // free (a volume's source can be unmounted and removed while the pod runs), and a
+        // read-only bind that is not recursive leaves them writable, as runc does.
+        let canonical = std::fs::canonicalize(&source).unwrap_or_else(|_| source.clone());
+        let places = std::iter::once(PathBuf::new()).chain(submounts(&mountinfo, &canonical));
+        for (k, below) in places.enumerate() {
+            let name = if k == 0 {
+                i.to_string()
+            } else {
+                format!("{i}.{k}")
             };
-            let relative = format!("{id}/mounts/{i}");
-            let target = dir.join("mounts").join(i.to_string());
-            mount_point(&source, &target)?;
+            let target = dir.join("mounts").join(&name);
+            let from = if k == 0 {
+                source.clone()
+            } else {
+                source.join(&below)
+            };
+            mount_point(&from, &target)?;
             mounts.push(target.clone());
-            let ro = m.options().iter().flatten().any(|o| o == "ro");
-            bind(&source, &target, ro)?;
-            m.set_source(Some(PathBuf::from(relative)));
+            bind(&from, &target, rro || (k == 0 && ro), false)?;
+            let mut guest = m.clone();
+            guest.set_source(Some(PathBuf::from(format!("{id}/mounts/{name}"))));
+            if k > 0 {
+                guest.set_destination(m.destination().join(&below));
+                guest.set_options(Some(
+                    options
+                        .iter()
+                        .filter(|o| rro || *o != "ro")
+                        .cloned()
+                        .collect(),
+                ));
+            }
+            guest_mounts.push(guest);
         }
     }
+    spec.set_mounts(Some(guest_mounts));
     Ok((spec, format!("{id}/rootfs")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
+40 22 0:40 / /srv/vol rw - tmpfs none rw
+41 40 0:41 / /srv/vol/a\\040b rw - tmpfs none rw
+42 41 0:42 / /srv/vol/a\\040b/deep rw - tmpfs none rw
+43 40 0:43 / /srv/vol/a\\040b rw - tmpfs none rw
+44 22 0:44 / /srv/volume-other rw - tmpfs none rw
+";
+
+    #[test]
+    fn the_mounts_below_a_source_are_found_once_shallowest_first() {
+        assert_eq!(
+            submounts(MOUNTINFO, Path::new("/srv/vol")),
+            [PathBuf::from("a b"), PathBuf::from("a b/deep")]
+        );
+        assert_eq!(
+            submounts(MOUNTINFO, Path::new("/srv/vol/a b")),
+            [PathBuf::from("deep")]
+        );
+        assert!(submounts(MOUNTINFO, Path::new("/srv/volume-other")).is_empty());
+        assert!(submounts(MOUNTINFO, Path::new("/nowhere")).is_empty());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape("/a\\040b\\011c\\134d"),
+            PathBuf::from("/a b\tc\\d")
+        );
+        assert_eq!(unescape("/trailing\\04"), PathBuf::from("/trailing\\04"));
+    }
 }
