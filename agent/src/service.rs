@@ -142,6 +142,7 @@ impl AgentService {
             return Err(sandbox::Error::AlreadyExists(format!("container {id}")).into());
         }
         let host_spec = spec::parse_spec(&req.spec_json)?;
+        set_sysctls(&spec::net_sysctls(&host_spec)?)?;
         let pod_pid = self.containers().values().map(|c| c.pid).min();
         let guest_spec = spec::for_guest(host_spec, id, &self.shared, &req.rootfs, pod_pid)?;
         let bundle = self.bundles.join(id);
@@ -277,6 +278,24 @@ impl AgentService {
         nix::unistd::sync();
         Ok(())
     }
+}
+
+/// Sets the pod's network sysctls in the VM's network namespace, which is the pod's; the
+/// agent as a host process (not PID 1) leaves the host's alone.
+fn set_sysctls(sysctls: &[(String, String)]) -> Result<(), Refused> {
+    if std::process::id() != 1 {
+        return Ok(());
+    }
+    for (key, value) in sysctls {
+        let path = std::path::Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| {
+            Refused::Backend(sandbox::Error::io(
+                format!("linux.sysctl {key}={value:?} in the VM"),
+                e,
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// The runtime settings of the guest side: the host chose the VM's, so only the shared file

@@ -84,6 +84,11 @@ pub fn for_guest(
         process.set_selinux_label(None);
     }
     if let Some(linux) = spec.linux_mut() {
+        if let Some(sysctl) = linux.sysctl_mut() {
+            // The container shares the VM's network namespace, whose net.* sysctls the agent
+            // sets (net_sysctls): the OCI runtime refuses them without a namespace of its own.
+            sysctl.retain(|key, _| !key.starts_with("net."));
+        }
         linux.set_mount_label(None);
         linux.set_cgroups_path(Some(Path::new("/vessel").join(id)));
         if let Some(namespaces) = linux.namespaces_mut() {
@@ -94,6 +99,37 @@ pub fn for_guest(
         }
     }
     Ok(spec)
+}
+
+/// The `net.*` sysctls of a spec: the pod's network settings (containerd 2.x sets
+/// `net.ipv4.ip_unprivileged_port_start` and `net.ipv4.ping_group_range` on every pod), for
+/// the VM's network namespace, which the pod's containers share. A key that is not a plain
+/// dotted name under `net.` is refused, naming it.
+pub fn net_sysctls(spec: &Spec) -> Result<Vec<(String, String)>, Refused> {
+    let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) else {
+        return Ok(Vec::new());
+    };
+    let mut wanted = Vec::new();
+    for (key, value) in sysctl.iter().filter(|(key, _)| key.starts_with("net.")) {
+        let plain = key.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !plain || value.contains('\n') {
+            return Err(Refused::Malformed {
+                field: "spec_json: linux.sysctl",
+                message: format!(
+                    "{key:?}: a network sysctl is a dotted name of letters, digits, '_' and '-' \
+                     with a one-line value"
+                ),
+            });
+        }
+        wanted.push((key.clone(), value.clone()));
+    }
+    wanted.sort();
+    Ok(wanted)
 }
 
 /// Points a namespace the host spec joins by path at the pod's first container's namespace
@@ -201,6 +237,47 @@ mod tests {
             .map(|n| n.typ())
             .collect();
         assert!(!kinds.contains(&LinuxNamespaceType::Network), "{kinds:?}");
+    }
+
+    #[test]
+    fn network_sysctls_go_to_the_vm_and_out_of_the_spec() {
+        let (_dir, shared) = shared();
+        let mut json = base();
+        json["linux"]["sysctl"] = serde_json::json!({
+            "net.ipv4.ip_unprivileged_port_start": "0",
+            "net.ipv4.ping_group_range": "0 2147483647",
+            "kernel.shm_rmid_forced": "1"
+        });
+        let host = spec(json.clone());
+        assert_eq!(
+            net_sysctls(&host).unwrap(),
+            [
+                ("net.ipv4.ip_unprivileged_port_start".into(), "0".into()),
+                ("net.ipv4.ping_group_range".into(), "0 2147483647".into())
+            ]
+        );
+        let guest = for_guest(host, "c1", &shared, "c1/rootfs", None).unwrap();
+        let sysctl = guest.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(
+            sysctl.keys().collect::<Vec<_>>(),
+            ["kernel.shm_rmid_forced"],
+            "the IPC sysctl stays for the container's own namespace"
+        );
+
+        for bad in [
+            "net.ipv4/../../kernel.core_pattern",
+            "net..x",
+            "net.ipv4.x y",
+        ] {
+            json["linux"]["sysctl"] = serde_json::json!({ bad: "1" });
+            let message = net_sysctls(&spec(json.clone())).unwrap_err().to_string();
+            assert!(
+                message.contains("linux.sysctl") && message.contains(bad),
+                "{message}"
+            );
+        }
+        json["linux"]["sysctl"] = serde_json::json!({"net.core.somaxconn": "1\n2"});
+        assert!(net_sysctls(&spec(json)).is_err());
     }
 
     #[test]

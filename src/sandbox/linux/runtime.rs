@@ -90,10 +90,11 @@ pub(super) fn logged_error(error: Error, log: &Path) -> Error {
     let Error::Runtime { op, id, message } = error else {
         return error;
     };
-    let logged: Vec<String> = std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    // One JSON object per entry: on a line each (runc), or pretty-printed over several (crun).
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let logged: Vec<String> = serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .map_while(|entry| entry.ok())
         .filter(|entry| entry["level"] == "error")
         .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
         .collect();
@@ -166,5 +167,45 @@ impl Spawner for ReapedSpawner {
             stdout,
             stderr,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtimes_logged_errors_explain_its_failure_in_either_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.json");
+        let failed = || Error::Runtime {
+            op: "create",
+            id: "c1".into(),
+            message: "(exit status: 1)".into(),
+        };
+        let message = |error: Error| error.to_string();
+        // runc: an entry a line.
+        std::fs::write(
+            &log,
+            "{\"level\":\"info\",\"msg\":\"starting\"}\n{\"level\":\"error\",\"msg\":\"no such file\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            message(logged_error(failed(), &log)),
+            "create c1: no such file"
+        );
+        // crun: pretty-printed entries.
+        std::fs::write(
+            &log,
+            "{\n  \"msg\": \"sysctl `net.ipv4.ping_group_range` requires a new network namespace\",\n  \"level\": \"error\"\n}",
+        )
+        .unwrap();
+        assert!(message(logged_error(failed(), &log)).contains("requires a new network namespace"));
+        // Nothing logged: the runtime's own words stay.
+        std::fs::write(&log, "").unwrap();
+        assert_eq!(
+            message(logged_error(failed(), &log)),
+            "create c1: (exit status: 1)"
+        );
     }
 }
