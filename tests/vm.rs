@@ -277,6 +277,23 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
     let exec = cri.exec_sh(&second, "echo exec-ok; exit 4").await;
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-ok\n");
     assert_eq!(exec.exit_code, 4);
+    if containerd_2() {
+        // containerd 2.x gives every pod unprivileged ports and ping: the VM's network
+        // namespace, which is the pod's, has them.
+        let sysctls = cri
+            .exec_sh(
+                &second,
+                "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range",
+            )
+            .await;
+        assert_eq!(
+            String::from_utf8_lossy(&sysctls.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["0", "0", "2147483647"],
+            "{sysctls:?}"
+        );
+    }
     let streamed = cri
         .exec_stdout(ExecRequest {
             container_id: first.clone(),
