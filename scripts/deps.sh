@@ -21,6 +21,7 @@ BASE_PACKAGES=(
     tar gzip make                                    # build-images.sh, Makefile
     protobuf-compiler                                # CRI client of the tests (k8s-cri)
     bsdutils                                         # script(1): tty tests
+    nftables                                         # port forwarding into vm pods
 )
 VM_PACKAGES=(qemu-system-x86)
 # virtiofsd is not in bookworm: built from crates.io (what it links, and the version).

@@ -6,6 +6,7 @@
 //! - [`agent`]: the connection to the guest agent and its errors.
 //! - [`isolation`]: what a VM cannot share with the host, refused up front.
 //! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
+//! - [`portforward`]: connections to the pod namespace's loopback relayed to the guest's.
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
 //! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
@@ -14,6 +15,7 @@ mod agent;
 mod isolation;
 mod memory;
 mod network;
+mod portforward;
 mod qemu;
 mod shared;
 mod streams;
@@ -94,6 +96,7 @@ pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
         }
     }
     if let Some((netns, interface)) = &record.network {
+        portforward::remove(netns);
         network::detach(netns, interface);
     }
     remove_state(dir)
@@ -126,6 +129,8 @@ pub struct VmSandbox {
     sender: UnboundedSender<Event>,
     events: Mutex<Option<UnboundedReceiver<Event>>>,
     stdin_relays: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+    /// Port forwarding from the pod's network namespace, when it has one.
+    ports: Mutex<Option<portforward::Forwarding>>,
 }
 
 impl VmSandbox {
@@ -140,6 +145,7 @@ impl VmSandbox {
             sender,
             events: Mutex::new(Some(receiver)),
             stdin_relays: Mutex::new(HashMap::new()),
+            ports: Mutex::new(None),
         }
     }
 
@@ -454,6 +460,10 @@ impl Sandbox for VmSandbox {
                     }
                     let client = Arc::new(client);
                     self.watch(client.clone(), exited);
+                    // On the shim's thread, as the network's commands: `nft` runs here.
+                    if let Some(netns) = network::namespace(&config.network_config.net_ns_path) {
+                        *lock(&self.ports) = portforward::start(&netns, client.clone());
+                    }
                     *lock(&self.client) = Some(client);
                     return Ok(());
                 }
@@ -682,6 +692,9 @@ impl Sandbox for VmSandbox {
 
     async fn stop(&self) -> Result<()> {
         self.stopping.store(true, Ordering::SeqCst);
+        if let Some(ports) = lock(&self.ports).take() {
+            ports.stop();
+        }
         let client = lock(&self.client).take();
         let pid = lock(&self.record).qemu_pid;
         if let Some(client) = &client {
