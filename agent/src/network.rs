@@ -131,20 +131,29 @@ async fn interface_with(mac: &str) -> Result<String, Refused> {
     }
 }
 
-/// Runs one `ip` command.
+/// Runs one `ip` command; its exit comes from the agent's reaper, which collects every child.
 async fn run(args: &[String]) -> Result<(), Refused> {
-    let out = tokio::process::Command::new(IP)
+    let mut command = tokio::process::Command::new(IP);
+    command
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let (status, _, _, stderr) = vessel::sandbox::linux::reaped_output(command)
         .await
-        .map_err(|e| Refused::Backend(vessel::sandbox::Error::io(format!("run {IP} ip"), e)))?;
-    if out.status.success() {
+        .map_err(|e| {
+            Refused::Backend(vessel::sandbox::Error::io(
+                format!("run {IP} ip"),
+                std::io::Error::other(e.to_string()),
+            ))
+        })?;
+    if status.success() {
         Ok(())
     } else {
         Err(Refused::Backend(vessel::sandbox::Error::Runtime {
             op: "configure the network",
             id: args.join(" "),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            message: stderr.trim().to_string(),
         }))
     }
 }

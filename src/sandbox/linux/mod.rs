@@ -7,6 +7,8 @@
 //! sockets and pid files live in the sandbox's own state directory.
 
 mod runtime;
+
+pub use runtime::{reaped_output, ReapedError};
 mod stdio;
 mod tracker;
 

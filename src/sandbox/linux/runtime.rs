@@ -127,47 +127,70 @@ struct ReapedSpawner;
 
 #[async_trait]
 impl Spawner for ReapedSpawner {
-    async fn execute(&self, mut cmd: Command) -> runc::Result<(ExitStatus, u32, String, String)> {
-        let mut subscription = monitor_subscribe(Topic::Pid)
-            .await
-            .map_err(|e| runc::error::Error::Other(Box::new(e)))?;
-        let child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = monitor_unsubscribe(subscription.id).await;
-                return Err(runc::error::Error::ProcessSpawnFailed(e));
-            }
-        };
-        let pid = child.id().unwrap_or_default();
-        let read = |stream: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| async move {
-            let mut text = String::new();
-            if let Some(mut stream) = stream {
-                let mut bytes = Vec::new();
-                let _ = stream.read_to_end(&mut bytes).await;
-                text = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            text
-        };
-        let mut child = child;
-        let stdout = child.stdout.take().map(|s| Box::new(s) as _);
-        let stderr = child.stderr.take().map(|s| Box::new(s) as _);
-        let wait = async {
-            while let Some(event) = subscription.rx.recv().await {
-                if matches!(event.subject, Subject::Pid(p) if p as u32 == pid) {
-                    return event.exit_code;
-                }
-            }
-            -1
-        };
-        let (stdout, stderr, code) = tokio::join!(read(stdout), read(stderr), wait);
-        let _ = monitor_unsubscribe(subscription.id).await;
-        Ok((
-            ExitStatus::from_raw((code & 0xff) << 8),
-            pid,
-            stdout,
-            stderr,
-        ))
+    async fn execute(&self, cmd: Command) -> runc::Result<(ExitStatus, u32, String, String)> {
+        reaped_output(cmd).await.map_err(|e| match e {
+            ReapedError::Spawn(e) => runc::error::Error::ProcessSpawnFailed(e),
+            ReapedError::Monitor(e) => runc::error::Error::Other(Box::new(e)),
+        })
     }
+}
+
+/// Why [`reaped_output`] could not run its command.
+#[derive(Debug, thiserror::Error)]
+pub enum ReapedError {
+    /// The command did not start.
+    #[error("start: {0}")]
+    Spawn(std::io::Error),
+    /// The exit monitor could not be joined.
+    #[error("the exit monitor: {0}")]
+    Monitor(containerd_shim::Error),
+}
+
+/// Runs `cmd` to its end in a process whose reaper collects every child (the shim, the
+/// guest's PID 1): its exit comes from the reaper's notification, as waiting for it would
+/// race the reaper (ECHILD). Its status, pid, stdout and stderr.
+pub async fn reaped_output(
+    mut cmd: Command,
+) -> std::result::Result<(ExitStatus, u32, String, String), ReapedError> {
+    let mut subscription = monitor_subscribe(Topic::Pid)
+        .await
+        .map_err(ReapedError::Monitor)?;
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = monitor_unsubscribe(subscription.id).await;
+            return Err(ReapedError::Spawn(e));
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    let read = |stream: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| async move {
+        let mut text = String::new();
+        if let Some(mut stream) = stream {
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes).await;
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        text
+    };
+    let mut child = child;
+    let stdout = child.stdout.take().map(|s| Box::new(s) as _);
+    let stderr = child.stderr.take().map(|s| Box::new(s) as _);
+    let wait = async {
+        while let Some(event) = subscription.rx.recv().await {
+            if matches!(event.subject, Subject::Pid(p) if p as u32 == pid) {
+                return event.exit_code;
+            }
+        }
+        -1
+    };
+    let (stdout, stderr, code) = tokio::join!(read(stdout), read(stderr), wait);
+    let _ = monitor_unsubscribe(subscription.id).await;
+    Ok((
+        ExitStatus::from_raw((code & 0xff) << 8),
+        pid,
+        stdout,
+        stderr,
+    ))
 }
 
 #[cfg(test)]
