@@ -11,6 +11,7 @@ mod paths;
 mod ports;
 mod processes;
 mod reaper;
+mod resources;
 mod service;
 mod spec;
 mod transport;
@@ -66,7 +67,10 @@ const LAST_REPLIES: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.first().is_some_and(|argv0| modules::is_modprobe(argv0)) {
+    if args
+        .first()
+        .is_some_and(|argv0| modules::is_modprobe(argv0))
+    {
         return modules::modprobe(&args[1..]);
     }
     let pid1 = std::process::id() == 1;

@@ -636,4 +636,12 @@ impl agent_ttrpc::Agent for AgentService {
         self.ports.close(req.stream_id)?;
         Ok(empty())
     }
+
+    async fn online_resources(
+        &self,
+        _: &TtrpcContext,
+        req: api::OnlineResourcesRequest,
+    ) -> Reply<api::GuestResources> {
+        Ok(crate::resources::online_resources(req.vcpus).await?)
+    }
 }

@@ -218,15 +218,32 @@ pub async fn healthy(client: &AgentClient) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs the whole protocol against an agent whose shared directory is `shared`: containers
-/// with output and exit codes, a long container with execs (with and without a terminal, with
-/// stdin), signals, stats, pause and resume, update, bad requests; then removes everything
-/// and destroys the sandbox.
+/// Runs the whole protocol against an agent whose shared directory is `shared`: the VM's
+/// resources, containers with output and exit codes, a long container with execs (with and
+/// without a terminal, with stdin), signals, stats, pause and resume, update, bad requests;
+/// then removes everything and destroys the sandbox.
 pub async fn scenario(client: &AgentClient, shared: &Path) {
     assert!(healthy(client).await);
     let version = client.version(ctx(), &api::Empty::default()).await.unwrap();
     assert_eq!(version.protocol_version, vessel::protos::PROTOCOL_VERSION);
     let rootfs = busybox_rootfs(shared, "pod");
+
+    // The VM's CPUs and memory: at least the one vCPU online, and its MemTotal (the agent as a
+    // host process reports the host's and onlines nothing); more vCPUs than the machine can
+    // ever have are refused at once.
+    let online = |vcpus| api::OnlineResourcesRequest {
+        vcpus,
+        ..Default::default()
+    };
+    let resources = client
+        .online_resources(ctx(), &online(1))
+        .await
+        .expect("online resources");
+    assert!(resources.vcpus >= 1, "{resources:?}");
+    assert!(resources.memory_mib > 0, "{resources:?}");
+    let (c, message) = code(client.online_resources(ctx(), &online(u32::MAX)).await);
+    assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("vcpus 4294967295"), "{message}");
 
     // A container's output, both streams, and its exit code.
     let script = "echo hello from the guest; echo oops >&2; exit 3";
