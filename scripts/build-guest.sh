@@ -24,9 +24,10 @@ OUT=${1:?usage: build-guest.sh OUT AGENT SID}
 AGENT=${2:?usage: build-guest.sh OUT AGENT SID}
 SID=${3:?usage: build-guest.sh OUT AGENT SID}
 # The modules of the image, with their dependencies: PCI transport, the agent's serial
-# port, the shared directory (9p or virtio-fs), networking, entropy. The agent loads those
-# of the devices the VM has (modules.alias), and the shared directory's file system.
-MODULES=(virtio_pci virtio_console 9pnet_virtio 9p virtiofs virtio_net virtio_rng)
+# port, the shared directory (9p or virtio-fs), networking, entropy, memory plugged in
+# (virtio-mem). The agent loads those of the devices the VM has (modules.alias), and the
+# shared directory's file system.
+MODULES=(virtio_pci virtio_console 9pnet_virtio 9p virtiofs virtio_net virtio_rng virtio_mem)
 # What a privileged container can do with kata's guest kernel (built in there): bridges,
 # virtual links and tunnels, netfilter (nftables and iptables, NAT, conntrack), traffic
 # control, overlay and FUSE file systems. Loaded on demand, not at boot.
