@@ -781,3 +781,38 @@ fn a_privileged_container_gets_the_kernel_modules_it_asks_for() {
     assert_eq!(stdout(&out).trim(), "1");
     assert_no_leftovers(&id);
 }
+
+/// A vm container sees its own cgroup at `/sys/fs/cgroup`, as on a cgroup v2 host: cgroup2,
+/// read-only, in a cgroup namespace of its own (containerd on a cgroup v1 host asks for none;
+/// the agent adds it), with the limits it was given: `memory.max` its memory limit, `cpu.max`
+/// its CFS quota and period.
+#[test]
+fn a_vm_container_sees_its_own_cgroup_with_its_limits() {
+    let id = unique_id("vm-cgroup");
+    let _guard = ContainerGuard::new(&id);
+    let script = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /proc/self/cgroup; \
+                  awk '$5 == \"/sys/fs/cgroup\" { for (i = 7; $i != \"-\"; i++); \
+                    print $4, $(i + 1), substr($6, 1, 3) }' /proc/self/mountinfo; \
+                  test -e /sys/fs/cgroup/vessel && echo the guest hierarchy; \
+                  echo 1 2>/dev/null > /sys/fs/cgroup/memory.max && echo writable; true";
+    let out = run_vm(
+        &id,
+        &[
+            "--memory-limit",
+            "268435456",
+            "--cpu-quota",
+            "50000",
+            "--cpu-period",
+            "100000",
+        ],
+        &["sh", "-c", script],
+    )
+    .run();
+    assert_success("cgroup view of a vm container", &out);
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["268435456", "50000 100000", "0::/", "/ cgroup2 ro,"],
+        "memory.max, cpu.max, its own cgroup namespace, cgroup2 mounted read-only at its root"
+    );
+    assert_no_leftovers(&id);
+}

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, RootBuilder, Spec};
+use oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, Process,
+    RootBuilder, Spec,
+};
 
 use crate::{error::Refused, paths::SharedDir};
 
@@ -42,7 +45,8 @@ pub fn parse_process(document: &[u8]) -> Result<Process, Refused> {
 ///   spec joins by path joins the pod's first container's instead (`pod_pid`), or a new one
 ///   for the pod's first container itself;
 /// - hooks, AppArmor and SELinux labels go (they name host programs and host policy), and
-///   the cgroup is `/vessel/<id>` in the guest's hierarchy.
+///   the cgroup is `/vessel/<id>` in the guest's hierarchy;
+/// - the container sees its own cgroup at `/sys/fs/cgroup` ([`own_cgroup`]).
 pub fn for_guest(
     mut spec: Spec,
     id: &str,
@@ -98,7 +102,64 @@ pub fn for_guest(
             }
         }
     }
+    own_cgroup(&mut spec)?;
     Ok(spec)
+}
+
+/// Where a container's cgroup file system is mounted.
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// Gives the container its own cgroup at `/sys/fs/cgroup`, as on a cgroup v2 host: a cgroup
+/// namespace of its own when the spec has none (containerd on a cgroup v1 host sends none; the
+/// guest is cgroup v2), and a cgroup mount at `/sys/fs/cgroup`, right after `/sys`'s, when the
+/// spec mounts sysfs at `/sys` but no cgroup there (read-only when `/sys` is). The OCI runtime
+/// then mounts the container's cgroup there: its `memory.max`, `cpu.max`, `pids.max`.
+fn own_cgroup(spec: &mut Spec) -> Result<(), Refused> {
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let namespaces = linux.namespaces_mut().get_or_insert_with(Vec::new);
+    if !namespaces
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Cgroup)
+    {
+        let cgroup = LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Cgroup)
+            .build()
+            .map_err(|e| Refused::Malformed {
+                field: "spec_json",
+                message: format!("linux.namespaces: {e}"),
+            })?;
+        namespaces.push(cgroup);
+    }
+
+    let Some(mounts) = spec.mounts_mut() else {
+        return Ok(());
+    };
+    let at = |mount: &Mount, path: &str| mount.destination() == Path::new(path);
+    if mounts.iter().any(|m| at(m, CGROUP_MOUNT)) {
+        return Ok(());
+    }
+    let Some(sys) = mounts.iter().rposition(|m| at(m, "/sys")) else {
+        return Ok(());
+    };
+    let readonly = mounts[sys].options().iter().flatten().any(|o| o == "ro");
+    let mut options: Vec<String> = ["nosuid", "noexec", "nodev", "relatime"]
+        .map(String::from)
+        .to_vec();
+    options.push(if readonly { "ro" } else { "rw" }.into());
+    let cgroup = MountBuilder::default()
+        .destination(CGROUP_MOUNT)
+        .typ("cgroup")
+        .source("cgroup")
+        .options(options)
+        .build()
+        .map_err(|e| Refused::Malformed {
+            field: "spec_json",
+            message: format!("mounts: {e}"),
+        })?;
+    mounts.insert(sys + 1, cgroup);
+    Ok(())
 }
 
 /// The `net.*` sysctls of a spec: the pod's network settings (containerd 2.x sets
@@ -314,6 +375,126 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.starts_with("rootfs"), "{message}");
+    }
+
+    fn namespace_kinds(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|n| n.typ())
+            .collect()
+    }
+
+    fn destinations(spec: &Spec) -> Vec<String> {
+        spec.mounts()
+            .iter()
+            .flatten()
+            .map(|m| m.destination().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_container_gets_its_own_cgroup_at_sys_fs_cgroup() {
+        let (_dir, shared) = shared();
+        let mut json = base();
+        json["mounts"] = serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "c1/hosts",
+             "options": ["rbind", "ro"]}
+        ]);
+        let guest = for_guest(spec(json.clone()), "c1", &shared, "c1/rootfs", None).unwrap();
+        let kinds = namespace_kinds(&guest);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|&&k| k == LinuxNamespaceType::Cgroup)
+                .count(),
+            1,
+            "{kinds:?}"
+        );
+        let cgroup_ns = guest
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert!(cgroup_ns
+            .iter()
+            .all(|n| n.typ() != LinuxNamespaceType::Cgroup || n.path().is_none()));
+        assert_eq!(
+            destinations(&guest),
+            ["/proc", "/sys", "/sys/fs/cgroup", "/etc/hosts"],
+            "after /sys, which would hide it"
+        );
+        let cgroup = &guest.mounts().as_ref().unwrap()[2];
+        assert_eq!(cgroup.typ().as_deref(), Some("cgroup"));
+        assert_eq!(cgroup.source().as_deref(), Some(Path::new("cgroup")));
+        assert_eq!(
+            cgroup.options().as_deref().unwrap(),
+            ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        );
+
+        // A writable /sys (a privileged container's) gets a writable cgroup mount.
+        json["mounts"][1]["options"] = serde_json::json!(["nosuid", "noexec", "nodev", "rw"]);
+        let guest = for_guest(spec(json.clone()), "c1", &shared, "c1/rootfs", None).unwrap();
+        let options = guest.mounts().as_ref().unwrap()[2]
+            .options()
+            .clone()
+            .unwrap();
+        assert_eq!(options.last().map(String::as_str), Some("rw"));
+
+        // containerd's own cgroup mount and namespace stay as they are, once.
+        json["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+        json["linux"]["namespaces"] = serde_json::json!([{"type": "cgroup"}, {"type": "pid"}]);
+        let host = spec(json.clone());
+        let guest = for_guest(host.clone(), "c1", &shared, "c1/rootfs", None).unwrap();
+        assert_eq!(destinations(&guest), destinations(&host));
+        assert_eq!(
+            guest.mounts().as_ref().unwrap()[3],
+            host.mounts().as_ref().unwrap()[3]
+        );
+        assert_eq!(
+            namespace_kinds(&guest),
+            [LinuxNamespaceType::Cgroup, LinuxNamespaceType::Pid]
+        );
+
+        // A pod's second container that joins the first's cgroup namespace joins it in the
+        // guest.
+        json["linux"]["namespaces"] =
+            serde_json::json!([{"type": "cgroup", "path": "/proc/9/ns/cgroup"}]);
+        let guest = for_guest(spec(json.clone()), "c2", &shared, "c1/rootfs", Some(17)).unwrap();
+        let namespaces = guest
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .clone()
+            .unwrap();
+        assert_eq!(namespaces.len(), 1);
+        assert_eq!(
+            namespaces[0].path().as_deref(),
+            Some(Path::new("/proc/17/ns/cgroup"))
+        );
+
+        // No sysfs at /sys: no cgroup mount either (there is no /sys/fs to mount it on);
+        // no namespaces at all: a cgroup one.
+        json["mounts"] =
+            serde_json::json!([{"destination": "/proc", "type": "proc", "source": "proc"}]);
+        json["linux"]["namespaces"] = serde_json::Value::Null;
+        let guest = for_guest(spec(json), "c1", &shared, "c1/rootfs", None).unwrap();
+        assert_eq!(destinations(&guest), ["/proc"]);
+        assert_eq!(namespace_kinds(&guest), [LinuxNamespaceType::Cgroup]);
     }
 
     #[test]
