@@ -6,6 +6,8 @@
 #   3. the vm backend: median time from `ctr run` to the container's first output, beside a
 #      bare boot of the same kernel and initramfs to init (the floor), and the PSS of one
 #      idle pod (its shim and its QEMU)
+#      and the time of a VM's hot-add (TCG): 1 GiB of memory (virtio-mem), 2 vCPUs (ACPI
+#      hotplug, onlined by the agent), as the shim logs its resize of the pod's VM
 #   4. `cargo bench --bench convert` (OCI spec conversion core)
 #   5. `cargo bench --bench guest`: the guest's bare boot to init beside its boot to the
 #      agent's first health check, the agent's and the initramfs's sizes
@@ -173,6 +175,23 @@ vm_pod_pss() {
     echo "$pss $(kb "/proc/$shim/smaps_rollup" Pss) $(kb "/proc/$qemu/smaps_rollup" Pss)"
 }
 
+# ms the shim took to resize the VM of a `ctr run` with FLAGS (a memory limit, a CPU quota):
+# the median of VM_N runs, from its log line "sandbox resized for ID: ... in N ms"
+vm_hotplug_ms() {
+    local tag=$1 i id ms times=()
+    shift
+    for ((i = 0; i < VM_N; i++)); do
+        id="bench-hotplug-$tag-$$-$i"
+        c run --rm --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$@" "$IMAGE" "$id" true \
+            >/dev/null 2>&1 || { echo failed; return 0; }
+        ms=$(grep -o "sandbox resized for $id: [^\"]* in [0-9]* ms" "$DIR/containerd.log" |
+            sed -n 's/.* in \([0-9]*\) ms$/\1/p' | head -n 1)
+        [ -n "$ms" ] || { echo failed; return 0; }
+        times+=("$ms")
+    done
+    printf '%s\n' "${times[@]}" | median_of
+}
+
 echo "== startup: median of N=$N 'ctr run --rm ... true'"
 V_MS=$(median_ms "$VESSEL" vessel)
 R_MS=$(median_ms "$RUNC" runc)
@@ -193,8 +212,12 @@ if [ -f "$GUEST/vmlinux" ]; then
     printf '%-44s %10s\n' "ctr run to first output, vm backend (ms)" "$VM_FIRST"
     printf '%-44s %10s\n' "bare boot to init, same VM (ms, the floor)" "$VM_FLOOR"
     printf '%-44s %10s\n' "idle vm pod PSS: shim + QEMU (KiB)" "$VM_PSS"
-    printf '%-44s %10s\n\n' "  of which shim / QEMU (KiB)" "${VM_SHIM_PSS:-?} / ${VM_QEMU_PSS:-?}"
-    for v in "$VM_FIRST" "$VM_FLOOR" "$VM_PSS"; do [ "$v" != failed ] || FAILED=1; done
+    printf '%-44s %10s\n' "  of which shim / QEMU (KiB)" "${VM_SHIM_PSS:-?} / ${VM_QEMU_PSS:-?}"
+    VM_MEM_MS=$(vm_hotplug_ms mem --memory-limit 1073741824)
+    VM_CPU_MS=$(vm_hotplug_ms cpu --cpus 2)
+    printf '%-44s %10s\n' "hot-add of 1 GiB, plugged and online (ms)" "$VM_MEM_MS"
+    printf '%-44s %10s\n\n' "hot-add of 2 vCPUs (or the host's), online (ms)" "$VM_CPU_MS"
+    for v in "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_MEM_MS" "$VM_CPU_MS"; do [ "$v" != failed ] || FAILED=1; done
 else
     echo "== vm backend: no guest image in $GUEST (make guest); skipped"
 fi

@@ -5,8 +5,11 @@
 //! `tests/ctr.rs` and `tests/cri.rs` on it. Through `ctr`: the guest's kernel runs the
 //! container, output, exit codes, stdin, exec, ps, pause and resume, metrics, kill, delete, a
 //! QEMU killed under a task, a shim killed, a guest that cannot boot, volumes over 9p and
-//! virtio-fs, `check`; through CRI: a pod of two containers in one VM, its network mirrored
-//! into the guest, logs, exec, stats, updates, stop and remove twice.
+//! virtio-fs, `check`, kernel modules loaded on demand, the container's own cgroup, a VM
+//! sized once from its pod's resources; through CRI: a pod of two containers in one VM, its
+//! network mirrored into the guest, logs, exec, stats, updates, stop and remove twice, a VM
+//! that grows and shrinks with its containers (vCPU and memory hotplug, an OOM kill of one),
+//! the VM in the pod's cgroup (`sandbox_cgroup_only`).
 //! Afterwards nothing is left: QEMU's command line names the sandbox's state directory, so
 //! [`assert_no_leftovers`] finds a VM that outlived its container.
 
@@ -780,6 +783,251 @@ fn a_privileged_container_gets_the_kernel_modules_it_asks_for() {
     assert_success("brctl addbr with CAP_NET_ADMIN (vm)", &out);
     assert_eq!(stdout(&out).trim(), "1");
     assert_no_leftovers(&id);
+}
+
+/// The guest's memory, MiB (MemTotal), and CPUs online, as container `id` sees them.
+async fn guest_size(cri: &mut Cri, id: &str) -> (u64, u32) {
+    let out = cri.exec_sh(id, "grep MemTotal /proc/meminfo; nproc").await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    let kib: u64 = words.nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+    let cpus: u32 = words.nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+    assert!(kib > 0 && cpus > 0, "guest size from {text:?} ({out:?})");
+    (kib / 1024, cpus)
+}
+
+/// Holds `hundreds` × 100 MB in awk strings at once (one at a time, awk would need twice
+/// the memory while it copies a string); what awk printed (the bytes held) or its error.
+fn hold(hundreds: u32) -> String {
+    format!(
+        "awk 'BEGIN {{ for (i = 0; i < {hundreds}; i++) {{ a[i] = sprintf(\"%100000000s\", \"\"); \
+         n += length(a[i]) }}; print n }}' 2>&1"
+    )
+}
+
+/// A busybox container of the pod with a CPU quota (`cpus`) and a memory limit.
+fn limited(name: &str, script: &str, cpus: i64, memory: i64) -> k8s_cri::v1::ContainerConfig {
+    let mut container = container_config(name, script);
+    container.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            cpu_period: if cpus > 0 { 100_000 } else { 0 },
+            cpu_quota: cpus * 100_000,
+            memory_limit_in_bytes: memory,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    container
+}
+
+/// A pod's VM follows its containers: a container with a 2-CPU quota and a 1 GiB limit gets
+/// the vCPUs and memory (and holds 700 MB), its cgroup in the guest says so, an update to
+/// 1.5 GiB grows the VM again (1.2 GB held), and the memory goes back once it is removed; a
+/// container over its own limit is OOM-killed alone while its neighbour answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_vm_grows_with_its_containers_and_shrinks_back() {
+    const GIB: i64 = 1 << 30;
+    let logs = LogDir::new("vm-sizing");
+    let config = pod_config("vm-sizing", &logs.0, NamespaceMode::Pod);
+    let mut cri = Cri::connect().await;
+    let pod = cri
+        .run_pod_with(&config, VM_HANDLER)
+        .await
+        .expect("RunPodSandbox (vessel-vm)");
+    let _guard = PodGuard(pod.clone());
+    let neighbour = cri
+        .start_container(&pod, &config, "neighbour", "sleep 1000")
+        .await;
+    let (start_mib, start_cpus) = guest_size(&mut cri, &neighbour).await;
+
+    let big = cri
+        .create_and_start(&pod, &config, limited("big", "sleep 1000", 2, GIB))
+        .await;
+    let (grown_mib, cpus) = guest_size(&mut cri, &big).await;
+    assert!(
+        cpus >= 2.min(host_cpus()) && cpus > start_cpus.min(1),
+        "{start_cpus} -> {cpus} CPUs"
+    );
+    assert!(
+        grown_mib >= start_mib + 900,
+        "{start_mib} -> {grown_mib} MiB"
+    );
+    let limits = cri
+        .exec_sh(&big, "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max")
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&limits.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [GIB.to_string().as_str(), "200000", "100000"],
+        "{limits:?}"
+    );
+    let held = cri.exec_sh(&big, &hold(7)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&held.stdout).trim(),
+        "700000000",
+        "{held:?}"
+    );
+
+    cri.runtime
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: big.clone(),
+            linux: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: 200_000,
+                memory_limit_in_bytes: GIB + GIB / 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources to 1.5 GiB");
+    let (updated_mib, _) = guest_size(&mut cri, &big).await;
+    assert!(
+        updated_mib >= start_mib + 1400,
+        "{start_mib} -> {updated_mib} MiB"
+    );
+    let limit = cri
+        .exec_sh(&big, "cat /sys/fs/cgroup/memory.max; free -m")
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&limit.stdout).lines().next(),
+        Some((GIB + GIB / 2).to_string().as_str()),
+        "{}",
+        String::from_utf8_lossy(&limit.stdout)
+    );
+    let held = cri.exec_sh(&big, &hold(12)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&held.stdout).trim(),
+        "1200000000",
+        "{held:?}"
+    );
+
+    cri.remove_container(&big).await;
+    let mut back = 0;
+    for _ in 0..50 {
+        back = guest_size(&mut cri, &neighbour).await.0;
+        if back <= start_mib + 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        back <= start_mib + 200,
+        "{start_mib} -> {back} MiB after the big one went"
+    );
+
+    let small = cri
+        .create_and_start(&pod, &config, limited("small", &hold(3), 0, 128 << 20))
+        .await;
+    let status = cri.wait_exited(&small).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    let alive = cri.exec_sh(&neighbour, "echo still here").await;
+    assert_eq!(String::from_utf8_lossy(&alive.stdout), "still here\n");
+    cri.remove_pod(&pod, 1).await;
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// With `static_sandbox_resource_mgmt` the VM boots at its default plus the pod's resources,
+/// which containerd puts on the sandbox's spec (here given as the same annotations to a
+/// `ctr` container, its own sandbox): a pod of 2 CPUs and 1 GiB gets at least 2 vCPUs (or all
+/// the host has) and 1300 MiB before any container of its own.
+#[test]
+fn static_sizing_boots_the_vm_at_the_pods_size() {
+    let config = vm_config_with(
+        "vessel-vm-static.toml",
+        &[("static_sandbox_resource_mgmt", "true")],
+    );
+    let id = unique_id("vm-static");
+    let _guard = ContainerGuard::new(&id);
+    let out = run_rm(
+        &id,
+        &[
+            "--runtime-config-path",
+            &config,
+            "--annotation",
+            "io.kubernetes.cri.sandbox-cpu-quota=200000",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-cpu-period=100000",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-memory=1073741824",
+        ],
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+    )
+    .timeout(Duration::from_secs(180))
+    .run();
+    assert_success("ctr run (vm, static sizing)", &out);
+    let text = stdout(&out);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let cpus: u32 = words[0].parse().unwrap();
+    let mib = words[2].parse::<u64>().unwrap() / 1024;
+    assert!(cpus >= 2.min(host_cpus()), "{text}");
+    assert!(mib >= 1300, "{mib} MiB: {text}");
+    assert_no_leftovers(&id);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// With `sandbox_cgroup_only` (kata's key, here through its pod annotation) QEMU and the shim
+/// live in the sandbox's cgroup under the pod's `cgroup_parent`, where kubelet accounts the
+/// pod; the cgroup goes with the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_cgroup_only_puts_the_vm_in_the_pods_cgroup() {
+    let logs = LogDir::new("vm-cgroup");
+    let parent = unique_id("vessel-pod-cgroup");
+    let mut config = pod_config("vm-cgroup", &logs.0, NamespaceMode::Pod);
+    config.annotations.insert(
+        "io.katacontainers.config.runtime.sandbox_cgroup_only".into(),
+        "true".into(),
+    );
+    if let Some(linux) = config.linux.as_mut() {
+        linux.cgroup_parent = format!("/{parent}");
+    }
+    let mut cri = Cri::connect().await;
+    let pod = cri
+        .run_pod_with(&config, VM_HANDLER)
+        .await
+        .expect("RunPodSandbox (vessel-vm, sandbox_cgroup_only)");
+    let guard = PodGuard(pod.clone());
+    let qemus = qemus_of(&pod);
+    assert_eq!(qemus.len(), 1, "{qemus:?}");
+    let cgroup_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let sandbox = format!("/{parent}/{pod}");
+    let in_sandbox = |pid: u32| cgroup_of(pid).lines().any(|l| l.ends_with(&sandbox));
+    assert!(
+        in_sandbox(qemus[0]),
+        "QEMU's cgroups: {}",
+        cgroup_of(qemus[0])
+    );
+    let shim = processes()
+        .into_iter()
+        .find(|p| p.cmdline().contains(SHIM_BINARY) && p.cmdline().contains(&pod))
+        .expect("the pod's shim");
+    assert!(
+        in_sandbox(shim.pid),
+        "the shim's cgroups: {}",
+        cgroup_of(shim.pid)
+    );
+    cri.remove_pod(&pod, 1).await;
+    drop(guard);
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(&parent))
+        .chain([Path::new("/sys/fs/cgroup").join(&parent)])
+        .filter(|d| d.exists())
+        .collect();
+    for dir in &dirs {
+        assert!(
+            !dir.join(&pod).exists(),
+            "{} is gone",
+            dir.join(&pod).display()
+        );
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(!dirs.is_empty(), "the pod's cgroup {parent} was made");
 }
 
 /// A vm container sees its own cgroup at `/sys/fs/cgroup`, as on a cgroup v2 host: cgroup2,

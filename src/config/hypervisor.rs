@@ -45,11 +45,14 @@ pub struct QemuSection {
     pub default_maxvcpus: u32,
     /// Guest memory at boot, MiB (at least 256).
     pub default_memory: u32,
+    /// Memory the guest can grow to, MiB (0 or more than the host has: the host's).
+    pub default_maxmemory: u32,
     /// Memory hotplug slots.
     pub memory_slots: u32,
     /// Memory offset for NVDIMM, MiB.
     pub memory_offset: u32,
-    /// Use virtio-mem.
+    /// Grow and shrink the guest's memory with the pod through a virtio-mem device (off: the
+    /// guest keeps its boot memory; vCPUs still follow the pod).
     pub enable_virtio_mem: bool,
     /// Preallocate guest memory.
     pub enable_mem_prealloc: bool,
@@ -135,9 +138,10 @@ impl Default for QemuSection {
             default_vcpus: 1,
             default_maxvcpus: 0,
             default_memory: 2048,
+            default_maxmemory: 0,
             memory_slots: 10,
             memory_offset: 0,
-            enable_virtio_mem: false,
+            enable_virtio_mem: true,
             enable_mem_prealloc: false,
             enable_hugepages: false,
             enable_swap: false,
@@ -244,6 +248,7 @@ impl QemuSection {
             num_vcpus: boot_vcpus(self.default_vcpus, host),
             default_max_vcpus: max_vcpus(self.default_maxvcpus, host, max_qemu_vcpus()),
             memory_size: self.default_memory,
+            default_max_memory: self.default_maxmemory,
             mem_slots: self.memory_slots,
             mem_offset: self.memory_offset,
             virtio_mem: self.enable_virtio_mem,

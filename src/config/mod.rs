@@ -80,6 +80,7 @@ impl Config {
             disable_guest_seccomp: runtime.disable_guest_seccomp,
             disable_new_netns: runtime.disable_new_netns,
             sandbox_cgroup_only: runtime.sandbox_cgroup_only,
+            static_sandbox_resource_mgmt: runtime.static_sandbox_resource_mgmt,
             experimental: runtime.experimental_features()?,
             annotation_policy: qemu.annotation_policy()?,
         })

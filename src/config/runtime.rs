@@ -39,6 +39,8 @@ pub struct RuntimeSection {
     pub disable_new_netns: bool,
     /// Put every sandbox process in the sandbox cgroup only.
     pub sandbox_cgroup_only: bool,
+    /// Size the VM once, at boot, from the pod's resources (no hotplug afterwards).
+    pub static_sandbox_resource_mgmt: bool,
     /// Experimental features to turn on.
     pub experimental: Vec<String>,
 }
@@ -54,6 +56,7 @@ impl Default for RuntimeSection {
             disable_guest_seccomp: true,
             disable_new_netns: false,
             sandbox_cgroup_only: false,
+            static_sandbox_resource_mgmt: false,
             experimental: Vec::new(),
         }
     }

@@ -70,6 +70,8 @@ pub struct HypervisorConfig {
     pub default_max_vcpus: u32,
     /// Guest memory at boot, MiB.
     pub memory_size: u32,
+    /// Memory the guest can grow to, MiB (0: the host's).
+    pub default_max_memory: u32,
     /// Memory hotplug slots.
     pub mem_slots: u32,
     /// Memory offset for NVDIMM, MiB.

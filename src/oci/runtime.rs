@@ -61,6 +61,8 @@ pub struct RuntimeConfig {
     pub disable_new_netns: bool,
     /// Put every sandbox process in the sandbox cgroup only.
     pub sandbox_cgroup_only: bool,
+    /// Size the VM once, at boot, from the pod's resources (no hotplug afterwards).
+    pub static_sandbox_resource_mgmt: bool,
     /// Experimental features turned on.
     pub experimental: Vec<Feature>,
     /// Which annotations a pod may use, and the paths they may name.

@@ -48,6 +48,8 @@ pub struct SandboxConfig {
     pub shm_size: u64,
     /// Put every sandbox process in the sandbox cgroup only.
     pub sandbox_cgroup_only: bool,
+    /// Size the VM once, at boot, from the pod's resources (no hotplug afterwards).
+    pub static_sandbox_resource_mgmt: bool,
     /// Do not apply seccomp inside the guest.
     pub disable_guest_seccomp: bool,
     /// Experimental features turned on.
@@ -78,6 +80,7 @@ pub fn sandbox_config(
         )]),
         shm_size,
         sandbox_cgroup_only: runtime.sandbox_cgroup_only,
+        static_sandbox_resource_mgmt: runtime.static_sandbox_resource_mgmt,
         disable_guest_seccomp: runtime.disable_guest_seccomp,
         experimental: runtime.experimental.clone(),
     };

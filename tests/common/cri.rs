@@ -6,10 +6,11 @@ use std::{path::PathBuf, time::Duration};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest, ExecSyncRequest,
-    ExecSyncResponse, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -78,9 +79,20 @@ impl Cri {
         name: &str,
         script: &str,
     ) -> String {
+        self.create_and_start(pod, pod_config, container_config(name, script))
+            .await
+    }
+
+    /// Creates and starts `container` in the pod; its id.
+    pub async fn create_and_start(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        container: ContainerConfig,
+    ) -> String {
         let request = CreateContainerRequest {
             pod_sandbox_id: pod.to_string(),
-            config: Some(container_config(name, script)),
+            config: Some(container),
             sandbox_config: Some(pod_config.clone()),
         };
         let id = self
@@ -98,6 +110,45 @@ impl Cri {
             .await
             .expect("StartContainer");
         id
+    }
+
+    /// Stops and removes container `id`.
+    pub async fn remove_container(&mut self, id: &str) {
+        self.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: 10,
+            })
+            .await
+            .expect("StopContainer");
+        self.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .expect("RemoveContainer");
+    }
+
+    /// Waits (up to two minutes) until container `id` exited; its status.
+    pub async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
+        for _ in 0..1200 {
+            let status = self
+                .runtime
+                .container_status(ContainerStatusRequest {
+                    container_id: id.to_string(),
+                    verbose: false,
+                })
+                .await
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .expect("a status");
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{id} did not exit within two minutes");
     }
 
     /// ExecSync of `sh -c script` in container `id`.

@@ -1,7 +1,7 @@
 //! The guest's memory on QEMU's command line: its size and hotplug slots, and what backs it
 //! (anonymous memory, a memfd that virtiofsd can map, huge pages, or files in a directory).
 
-use super::qemu::option_value;
+use super::{qemu::option_value, sizing};
 use crate::oci::HypervisorConfig;
 
 /// Where huge pages are mounted (hugetlbfs), where kata looks for them too.
@@ -13,22 +13,62 @@ const MIN_MEMORY_MIB: u32 = 128;
 /// cannot reach it.
 const DMA32_LIMIT_MIB: u32 = 4096;
 
-/// The memory the guest's hotplug slots (`mem_slots`) can grow it to: the host's, when that
-/// is more than the boot size.
-fn max_memory_mib(config: &HypervisorConfig, host_memory_mib: u32) -> Option<u32> {
-    let size = config.memory_size.max(MIN_MEMORY_MIB);
-    (config.mem_slots > 0 && host_memory_mib > size).then_some(host_memory_mib)
+/// The guest's memory as QEMU is given it: the boot size, what it can grow to, and whether a
+/// virtio-mem device grows it with the pod (`sizing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// At boot, MiB.
+    pub size: u32,
+    /// The most it can grow to (hotplug slots or virtio-mem), MiB.
+    pub max: Option<u32>,
+    /// A virtio-mem device of `max - size` grows and shrinks it.
+    pub virtio_mem: bool,
 }
 
-/// QEMU's memory arguments. `-m` carries the hotplug slots up to the host's memory; a
-/// backend object (and its NUMA node) comes when plain anonymous memory will not do: huge
-/// pages, a file-backed directory, `shared` memory another process maps (vhost-user:
-/// virtiofsd), or preallocation.
-pub fn arguments(config: &HypervisorConfig, shared: bool, host_memory_mib: u32) -> Vec<String> {
+/// The memory layout of `config` on a host of `host_memory_mib` whose guests address
+/// `phys_bits` bits: it can grow to `default_max_memory` (0: the host's memory), within half
+/// the guest's physical address space (the rest is the PCI holes and 64-bit device windows);
+/// through virtio-mem when `resizable` (dynamic sizing) and the memory is plain (not huge
+/// pages, files or preallocated).
+pub fn layout(
+    config: &HypervisorConfig,
+    host_memory_mib: u32,
+    phys_bits: u32,
+    resizable: bool,
+) -> Layout {
     let size = config.memory_size.max(MIN_MEMORY_MIB);
+    let cap = match config.default_max_memory {
+        0 => host_memory_mib,
+        max => max.min(host_memory_mib),
+    };
+    let addressable = 1u64 << (phys_bits.clamp(32, 52) - 1) >> 20;
+    let cap = cap.min(u32::try_from(addressable).unwrap_or(u32::MAX));
+    let plain =
+        !config.huge_pages && config.file_backed_mem_root_dir.is_empty() && !config.mem_prealloc;
+    let virtio_mem = resizable && config.virtio_mem && plain && cap > size;
+    // virtio-mem's device is a whole number of its 2 MiB blocks.
+    let cap = size + (cap.saturating_sub(size) & !1);
+    let max = ((config.mem_slots > 0 || virtio_mem) && cap > size).then_some(cap);
+    Layout {
+        size,
+        max,
+        virtio_mem,
+    }
+}
+
+/// QEMU's memory arguments. `-m` carries the hotplug slots and the most the guest can grow
+/// to; a backend object (and its NUMA node) comes when plain anonymous memory will not do:
+/// huge pages, a file-backed directory, `shared` memory another process maps (vhost-user:
+/// virtiofsd), or preallocation; the virtio-mem device, when the layout has one, is backed
+/// the same way (shared with virtiofsd too).
+pub fn arguments(config: &HypervisorConfig, shared: bool, layout: &Layout) -> Vec<String> {
+    let size = layout.size;
     let mut memory = format!("{size}M");
-    if let Some(max) = max_memory_mib(config, host_memory_mib) {
-        memory.push_str(&format!(",slots={},maxmem={max}M", config.mem_slots));
+    if let Some(max) = layout.max {
+        if config.mem_slots > 0 {
+            memory.push_str(&format!(",slots={}", config.mem_slots));
+        }
+        memory.push_str(&format!(",maxmem={max}M"));
     }
     let prealloc = if config.mem_prealloc {
         ",prealloc=on"
@@ -65,16 +105,57 @@ pub fn arguments(config: &HypervisorConfig, shared: bool, host_memory_mib: u32) 
             "node,memdev=mem".into(),
         ]);
     }
+    if let (true, Some(max)) = (layout.virtio_mem, layout.max) {
+        let kind = if shared {
+            "memory-backend-memfd"
+        } else {
+            "memory-backend-ram"
+        };
+        let share = if shared { ",share=on" } else { "" };
+        args.extend([
+            "-object".into(),
+            format!(
+                "{kind},id={},size={}M,reserve=off{share}",
+                sizing::MEMORY_BACKEND,
+                max - size
+            ),
+            "-device".into(),
+            format!(
+                "virtio-mem-pci,id={},memdev={},requested-size=0",
+                sizing::MEMORY_DEVICE,
+                sizing::MEMORY_BACKEND
+            ),
+        ]);
+    }
     args
 }
 
 /// The guest kernel's parameters for its memory: memory that can be plugged above 4 GiB would
 /// make it set 64 MiB aside as a DMA bounce buffer (SWIOTLB) that the guest's devices, all
-/// virtio and able to reach any address, never use.
-pub fn kernel_params(config: &HypervisorConfig, host_memory_mib: u32) -> Option<&'static str> {
-    max_memory_mib(config, host_memory_mib)
-        .filter(|max| *max > DMA32_LIMIT_MIB)
-        .map(|_| "swiotlb=noforce")
+/// virtio and able to reach any address, never use; memory virtio-mem plugs is onlined at
+/// once, movable, so that it can be unplugged again.
+pub fn kernel_params(layout: &Layout) -> Vec<&'static str> {
+    let mut params = Vec::new();
+    if layout.max.is_some_and(|max| max > DMA32_LIMIT_MIB) {
+        params.push("swiotlb=noforce");
+    }
+    if layout.virtio_mem {
+        params.push("memhp_default_state=online_movable");
+    }
+    params
+}
+
+/// The bits of physical address a guest CPU has: the host's (`address sizes` of
+/// /proc/cpuinfo), at most QEMU's 40 for its emulated CPU (TCG), which any accelerator the
+/// backend tries can fall back to.
+pub fn guest_phys_bits() -> u32 {
+    const TCG_PHYS_BITS: u32 = 40;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("address sizes")?.split(':').nth(1))
+        .and_then(|sizes| sizes.split_whitespace().next()?.parse().ok())
+        .map_or(TCG_PHYS_BITS, |bits: u32| bits.min(TCG_PHYS_BITS))
 }
 
 /// The figure of `key` in a `/proc/meminfo` text (KiB, or a count for the huge page lines).
@@ -103,33 +184,91 @@ mod tests {
         }
     }
 
+    /// The arguments of `config` on a 24000 MiB TCG host, not resized with the pod.
+    fn fixed(config: &HypervisorConfig, host: u32) -> (Vec<String>, Vec<&'static str>) {
+        let layout = layout(config, host, 40, false);
+        (arguments(config, false, &layout), kernel_params(&layout))
+    }
+
     #[test]
     fn plain_memory_is_a_size_with_its_hotplug_slots() {
         let plain = HypervisorConfig {
             mem_slots: 10,
             ..config()
         };
-        assert_eq!(
-            arguments(&plain, false, 24000),
-            ["-m", "512M,slots=10,maxmem=24000M"]
-        );
-        assert_eq!(kernel_params(&plain, 24000), Some("swiotlb=noforce"));
-        assert_eq!(kernel_params(&plain, 2048), None);
+        let (args, params) = fixed(&plain, 24000);
+        assert_eq!(args, ["-m", "512M,slots=10,maxmem=24000M"]);
+        assert_eq!(params, ["swiotlb=noforce"]);
+        assert!(fixed(&plain, 2048).1.is_empty());
         // No room to grow, or no slots: the size alone.
-        assert_eq!(arguments(&plain, false, 512), ["-m", "512M"]);
-        assert_eq!(kernel_params(&plain, 512), None);
-        assert_eq!(kernel_params(&config(), 24000), None);
-        assert_eq!(arguments(&config(), false, 24000), ["-m", "512M"]);
         assert_eq!(
-            arguments(&HypervisorConfig::default(), false, 0),
-            ["-m", "128M"]
+            fixed(&plain, 512),
+            (vec!["-m".into(), "512M".into()], vec![])
         );
+        assert_eq!(
+            fixed(&config(), 24000),
+            (vec!["-m".into(), "512M".into()], vec![])
+        );
+        assert_eq!(fixed(&HypervisorConfig::default(), 0).0, ["-m", "128M"]);
+        // default_max_memory caps it.
+        let capped = HypervisorConfig {
+            default_max_memory: 2048,
+            ..plain.clone()
+        };
+        assert_eq!(
+            fixed(&capped, 24000).0,
+            ["-m", "512M,slots=10,maxmem=2048M"]
+        );
+    }
+
+    #[test]
+    fn a_resizable_guest_grows_through_one_virtio_mem_device_within_its_address_space() {
+        let resizable = HypervisorConfig {
+            virtio_mem: true,
+            default_max_memory: 4608,
+            ..config()
+        };
+        let grows = layout(&resizable, 24000, 40, true);
+        assert_eq!(
+            arguments(&resizable, false, &grows),
+            [
+                "-m",
+                "512M,maxmem=4608M",
+                "-object",
+                "memory-backend-ram,id=hotmem,size=4096M,reserve=off",
+                "-device",
+                "virtio-mem-pci,id=hotmem0,memdev=hotmem,requested-size=0"
+            ]
+        );
+        assert_eq!(
+            kernel_params(&grows),
+            ["swiotlb=noforce", "memhp_default_state=online_movable"]
+        );
+        // Shared with virtiofsd, its memory is a shared memfd too.
+        assert!(arguments(&resizable, true, &grows)
+            .contains(&"memory-backend-memfd,id=hotmem,size=4096M,reserve=off,share=on".into()));
+        // A host whose guests address 34 bits: 8 GiB at most.
+        let unbounded = HypervisorConfig {
+            default_max_memory: 0,
+            ..resizable.clone()
+        };
+        assert_eq!(layout(&unbounded, 64000, 34, true).max, Some(8192));
+        // An odd-sized host: the device stays whole blocks.
+        assert_eq!(layout(&unbounded, 24001, 40, true).max, Some(24000));
+        // Static sizing, huge pages or preallocation: no virtio-mem device.
+        assert!(!layout(&resizable, 24000, 40, false).virtio_mem);
+        let huge = HypervisorConfig {
+            huge_pages: true,
+            ..resizable.clone()
+        };
+        assert!(!layout(&huge, 24000, 40, true).virtio_mem);
+        assert_eq!(layout(&huge, 24000, 40, true).max, None);
     }
 
     #[test]
     fn each_backing_gets_its_memory_backend() {
         let backend = |config: &HypervisorConfig, shared: bool| {
-            let args = arguments(config, shared, 0);
+            let args = arguments(config, shared, &layout(config, 0, 40, true));
             assert_eq!(args[2..], ["-object", &args[3], "-numa", "node,memdev=mem"]);
             args[3].clone()
         };

@@ -4,20 +4,26 @@
 //!
 //! - [`qemu`]: the command line from the `HypervisorConfig`, the accelerator probe, the process.
 //! - [`agent`]: the connection to the guest agent and its errors.
+//! - [`cgroup`]: the VM's processes in the sandbox's cgroup (`sandbox_cgroup_only`).
 //! - [`isolation`]: what a VM cannot share with the host, refused up front.
 //! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
 //! - [`portforward`]: connections to the pod namespace's loopback relayed to the guest's.
+//! - [`qmp`]: QEMU's machine protocol.
+//! - [`sizing`]: the VM sized to its pod (vCPU and memory hotplug).
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
 //! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
 
 mod agent;
+mod cgroup;
 mod isolation;
 mod memory;
 mod network;
 mod portforward;
 mod qemu;
+mod qmp;
 mod shared;
+mod sizing;
 mod streams;
 mod virtiofs;
 
@@ -51,8 +57,8 @@ use crate::{
 };
 
 pub use memory::{meminfo_value, HUGEPAGES_DIR};
-pub use shared::MODULES_DIR;
 pub use qemu::recorded_kvm;
+pub use shared::MODULES_DIR;
 
 /// How long a guest may take to answer under KVM before the host's KVM counts as unusable.
 const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
@@ -131,6 +137,10 @@ pub struct VmSandbox {
     stdin_relays: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
     /// Port forwarding from the pod's network namespace, when it has one.
     ports: Mutex<Option<portforward::Forwarding>>,
+    /// The VM's hotplug, when it is sized with its containers (not static).
+    hotplug: tokio::sync::Mutex<Option<sizing::Hotplug>>,
+    /// The sandbox's cgroup, with `sandbox_cgroup_only`.
+    cgroup: Mutex<Option<cgroup::SandboxCgroup>>,
 }
 
 impl VmSandbox {
@@ -146,7 +156,48 @@ impl VmSandbox {
             events: Mutex::new(Some(receiver)),
             stdin_relays: Mutex::new(HashMap::new()),
             ports: Mutex::new(None),
+            hotplug: tokio::sync::Mutex::new(None),
+            cgroup: Mutex::new(None),
         }
+    }
+
+    /// Records container `id`'s demand (None: it went) and resizes the VM to its pod: vCPUs
+    /// plugged or unplugged and brought online by the agent, memory plugged (or unplugged).
+    /// A VM of static size stays as it is.
+    async fn resize(&self, id: &str, demand: Option<sizing::Demand>) -> Result<()> {
+        let mut hotplug = self.hotplug.lock().await;
+        let Some(hotplug) = hotplug.as_mut() else {
+            return Ok(());
+        };
+        let Some(size) = hotplug.set_demand(id, demand) else {
+            return Ok(());
+        };
+        let since = Instant::now();
+        hotplug.set_vcpus(size.vcpus).await?;
+        let online = api::OnlineResourcesRequest {
+            vcpus: size.vcpus,
+            ..Default::default()
+        };
+        self.client()?
+            .online_resources(agent::ctx(), &online)
+            .await
+            .map_err(|e| agent::error("online the vCPUs of", id, e))?;
+        hotplug.set_memory(size.memory_mib).await?;
+        let guest = self
+            .client()?
+            .online_resources(agent::ctx(), &online)
+            .await
+            .map_err(|e| agent::error("online the memory of", id, e))?;
+        log::info!(
+            "sandbox resized for {id}: {} vCPUs, {} MiB (the guest has {} vCPUs online and \
+             {} MiB) in {} ms",
+            size.vcpus,
+            size.memory_mib,
+            guest.vcpus,
+            guest.memory_mib,
+            since.elapsed().as_millis()
+        );
+        Ok(())
     }
 
     fn save(&self, change: impl FnOnce(&mut Record)) -> Result<()> {
@@ -409,7 +460,32 @@ impl Sandbox for VmSandbox {
         for container in &config.containers {
             isolation::refuse_host_sharing(&container.id, &container.custom_spec)?;
         }
-        let hypervisor = &config.hypervisor_config;
+        // The size it boots at: the configured default, plus the pod's own resources when
+        // the size is static; what it can grow to.
+        let resizable = !config.static_sandbox_resource_mgmt;
+        let mut sized = config.hypervisor_config.clone();
+        let base = sizing::Size {
+            vcpus: sized.num_vcpus.max(1),
+            memory_mib: u64::from(sized.memory_size),
+        };
+        let ceiling = sizing::Size {
+            vcpus: sized.default_max_vcpus.max(base.vcpus),
+            memory_mib: u64::from(memory::host_memory_mib()).max(base.memory_mib),
+        };
+        if !resizable {
+            let spec = &config.containers[0].custom_spec;
+            let pod = sizing::pod_demand(spec.annotations().as_ref());
+            let boot = sizing::target(base, ceiling, [pod]);
+            sized.num_vcpus = boot.vcpus;
+            sized.memory_size = u32::try_from(boot.memory_mib).unwrap_or(u32::MAX);
+        }
+        let memory = memory::layout(
+            &sized,
+            memory::host_memory_mib(),
+            memory::guest_phys_bits(),
+            resizable,
+        );
+        let hypervisor = &sized;
         let shared = shared_root(&self.dir);
         std::fs::create_dir_all(&shared)
             .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
@@ -438,7 +514,13 @@ impl Sandbox for VmSandbox {
             agent_params: agent_params.join(" "),
             virtio_fs_socket,
             nic_mac: attached.as_ref().map(|a| a.interface.mac.clone()),
-            host_memory_mib: memory::host_memory_mib(),
+            memory,
+            vcpus: sized.num_vcpus,
+            qmp_socket: self.dir.join("qmp.sock"),
+        };
+        let config = &SandboxConfig {
+            hypervisor_config: sized.clone(),
+            ..config.clone()
         };
         let tap = attached.as_ref().map(|a| a.tap.as_raw_fd());
         let mut last_error = None;
@@ -460,6 +542,29 @@ impl Sandbox for VmSandbox {
                     }
                     let client = Arc::new(client);
                     self.watch(client.clone(), exited);
+                    if config.sandbox_cgroup_only {
+                        let record = lock(&self.record).clone();
+                        let pids: Vec<u32> = [record.qemu_pid, record.virtiofsd_pid]
+                            .into_iter()
+                            .flatten()
+                            .chain([std::process::id()])
+                            .collect();
+                        let spec = &config.containers[0].custom_spec;
+                        *lock(&self.cgroup) = cgroup::SandboxCgroup::join(spec, &pids)?;
+                    }
+                    if resizable {
+                        let qmp = qmp::Qmp::connect(&vm.qmp_socket).await?;
+                        let max = sizing::Size {
+                            vcpus: ceiling.vcpus,
+                            memory_mib: u64::from(memory.max.unwrap_or(memory.size)),
+                        };
+                        let base = sizing::Size {
+                            vcpus: sized.num_vcpus.max(1),
+                            memory_mib: u64::from(memory.size),
+                        };
+                        *self.hotplug.lock().await =
+                            Some(sizing::Hotplug::new(qmp, base, max, memory.virtio_mem));
+                    }
                     // On the shim's thread, as the network's commands: `nft` runs here.
                     if let Some(netns) = network::namespace(&config.network_config.net_ns_path) {
                         *lock(&self.ports) = portforward::start(&netns, client.clone());
@@ -503,6 +608,12 @@ impl Sandbox for VmSandbox {
         self.save(|r| {
             r.containers.insert(req.id.clone(), placed.mounts.clone());
         })?;
+        // The VM grows to what the container asks before the guest limits it to that.
+        let demand = sizing::demand(&req.config.resources);
+        if let Err(e) = self.resize(&req.id, Some(demand)).await {
+            let _ = self.delete(&req.id).await;
+            return Err(e);
+        }
         let create = api::CreateContainerRequest {
             container_id: req.id.clone(),
             spec_json: json(&placed.spec)?,
@@ -588,7 +699,12 @@ impl Sandbox for VmSandbox {
         }
         self.save(|r| {
             r.containers.remove(id);
-        })
+        })?;
+        // What it asked goes back; a guest that cannot give it all back keeps the rest.
+        if let Err(e) = self.resize(id, None).await {
+            log::warn!("shrinking the sandbox after {id}: {e}");
+        }
+        Ok(())
     }
 
     async fn delete_exec(&self, id: &str, exec_id: &str) {
@@ -636,6 +752,7 @@ impl Sandbox for VmSandbox {
     }
 
     async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        self.resize(id, Some(sizing::demand(resources))).await?;
         let req = api::UpdateContainerRequest {
             container_id: id.to_string(),
             resources_json: json(resources)?,
@@ -722,6 +839,9 @@ impl Sandbox for VmSandbox {
         let virtiofsd = lock(&self.record).virtiofsd_pid;
         if let Some(pid) = virtiofsd {
             self.end(pid, Duration::from_secs(1)).await;
+        }
+        if let Some(cgroup) = lock(&self.cgroup).take() {
+            cgroup.remove();
         }
         if let Some((netns, interface)) = lock(&self.record).network.clone() {
             network::detach(&netns, &interface);

@@ -117,8 +117,12 @@ pub struct Vm {
     pub nic_mac: Option<String>,
     /// virtiofsd's socket when the shared directory is virtio-fs (else 9p).
     pub virtio_fs_socket: Option<PathBuf>,
-    /// The host's memory, MiB: what the guest's memory hotplug slots can grow to.
-    pub host_memory_mib: u32,
+    /// The guest's memory: its size at boot and how it can grow.
+    pub memory: memory::Layout,
+    /// The vCPUs at boot (the configured default, or the pod's size when it is static).
+    pub vcpus: u32,
+    /// QEMU's machine protocol socket (QMP), for hotplug.
+    pub qmp_socket: PathBuf,
 }
 
 /// QEMU's arguments for `vm` with `config`, under `accelerator`.
@@ -137,14 +141,18 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         Accelerator::Kvm => "host",
         Accelerator::Tcg => "max",
     };
-    let vcpus = config.num_vcpus.max(1);
+    let vcpus = vm.vcpus.max(1);
     let max_vcpus = config.default_max_vcpus.max(vcpus);
     let mut params = vec![
         KERNEL_PARAMS.to_string(),
         accelerator.clock_params().to_string(),
         vm.agent_params.clone(),
     ];
-    params.extend(memory::kernel_params(config, vm.host_memory_mib).map(String::from));
+    params.extend(
+        memory::kernel_params(&vm.memory)
+            .into_iter()
+            .map(String::from),
+    );
     params.extend(config.kernel_params.iter().map(|p| {
         if p.value.is_empty() {
             p.key.clone()
@@ -175,8 +183,15 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     args.extend(memory::arguments(
         config,
         vm.virtio_fs_socket.is_some(),
-        vm.host_memory_mib,
+        &vm.memory,
     ));
+    args.extend([
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            option_value(&vm.qmp_socket.to_string_lossy())
+        ),
+    ]);
     if !config.firmware_path.is_empty() {
         // qboot, say: under TCG it starts the kernel about 0.5 s sooner than SeaBIOS.
         args.extend(["-bios".into(), config.firmware_path.clone()]);
@@ -380,7 +395,13 @@ mod tests {
             agent_params: "vessel.port=agent.0".into(),
             nic_mac: None,
             virtio_fs_socket: None,
-            host_memory_mib: 0,
+            memory: memory::Layout {
+                size: 512,
+                max: None,
+                virtio_mem: false,
+            },
+            vcpus: 1,
+            qmp_socket: "/run/vessel/ns/s1/qmp.sock".into(),
         }
     }
 
@@ -408,9 +429,14 @@ mod tests {
             }],
             ..Default::default()
         };
-        let args = arguments(&config, &vm(), Accelerator::Tcg);
+        let two = Vm { vcpus: 2, ..vm() };
+        let args = arguments(&config, &two, Accelerator::Tcg);
         assert_eq!(value_of(&args, "-machine"), ["q35,accel=tcg"]);
         assert_eq!(value_of(&args, "-smp"), ["2,maxcpus=4"]);
+        assert_eq!(
+            value_of(&args, "-qmp"),
+            ["unix:/run/vessel/ns/s1/qmp.sock,server=on,wait=off"]
+        );
         assert_eq!(value_of(&args, "-m"), ["512M"]);
         assert_eq!(value_of(&args, "-kernel"), ["/usr/share/vessel/vmlinux"]);
         assert_eq!(
@@ -474,7 +500,12 @@ mod tests {
             kernel_path: "/k".into(),
             ..Default::default()
         };
-        let args = arguments(&config, &vm(), Accelerator::Tcg);
+        let unset = Vm {
+            memory: memory::layout(&config, 0, 40, false),
+            vcpus: config.num_vcpus,
+            ..vm()
+        };
+        let args = arguments(&config, &unset, Accelerator::Tcg);
         assert_eq!(value_of(&args, "-smp"), ["1,maxcpus=1"]);
         assert_eq!(value_of(&args, "-m"), ["128M"]);
         assert!(value_of(&args, "-initrd").is_empty());
