@@ -459,13 +459,7 @@ async fn a_vm_refuses_host_namespaces_and_propagation_to_the_host() {
         .tempdir()
         .expect("temp dir");
     let path = source.path().to_str().expect("utf-8 path");
-    for args in [
-        vec!["-t", "tmpfs", "tmpfs", path],
-        vec!["--make-shared", path],
-    ] {
-        let status = std::process::Command::new("mount").args(&args).status();
-        assert!(status.is_ok_and(|s| s.success()), "mount {args:?}");
-    }
+    let shared = common::TmpfsMount::new(source.path(), true);
     let mut container = container_config("bidirectional", "sleep 100");
     container.mounts = vec![k8s_cri::v1::Mount {
         container_path: "/data".into(),
@@ -496,9 +490,7 @@ async fn a_vm_refuses_host_namespaces_and_propagation_to_the_host() {
         .remove_container(RemoveContainerRequest { container_id: id })
         .await
         .expect("RemoveContainer");
-    let _ = std::process::Command::new("umount")
-        .args(["-l", path])
-        .status();
+    drop(shared);
     let message = refused.message();
     assert!(
         message.contains("(/data)") && message.contains("Bidirectional"),
@@ -574,14 +566,7 @@ async fn a_read_only_volume_keeps_the_mounts_under_it_writable_and_the_hosts() {
         .expect("temp dir");
     let tmpfs = source.path().join("tmpfs");
     std::fs::create_dir(&tmpfs).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&tmpfs)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "mount a tmpfs under the volume"
-    );
+    let mounted = common::TmpfsMount::new(&tmpfs, false);
     let mut container = container_config("ro-volume", "sleep 1000");
     container.mounts = vec![k8s_cri::v1::Mount {
         container_path: "/mnt".into(),
@@ -622,14 +607,7 @@ async fn a_read_only_volume_keeps_the_mounts_under_it_writable_and_the_hosts() {
     );
     assert!(tmpfs.join("file").exists(), "written to the host's tmpfs");
 
-    let unmounted = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&tmpfs)
-        .status();
-    assert!(
-        unmounted.is_ok_and(|s| s.success()),
-        "umount the host's tmpfs"
-    );
+    drop(mounted);
     let removed = std::fs::remove_dir_all(source.path());
     assert!(
         removed.is_ok(),

@@ -336,6 +336,41 @@ pub fn unique_id(prefix: &str) -> String {
     format!("{clean}-{}-{t}-{n}", std::process::id())
 }
 
+/// A tmpfs mounted on a directory of the test's, unmounted (lazily) when dropped, also when
+/// the test fails halfway.
+pub struct TmpfsMount(pub PathBuf);
+
+impl TmpfsMount {
+    /// Mounts a tmpfs on `dir`, a shared mount (propagation) when `shared`.
+    pub fn new(dir: &Path, shared: bool) -> Self {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(dir)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "mount a tmpfs on {}",
+            dir.display()
+        );
+        let mounted = Self(dir.to_path_buf());
+        if shared {
+            let status = Command::new("mount").arg("--make-shared").arg(dir).status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "make {} shared",
+                dir.display()
+            );
+        }
+        mounted
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// Removes container `id` (task, then container) when dropped, so that a
 /// failing assertion does not leave it to the next test. Best effort.
 pub struct ContainerGuard {
