@@ -1064,3 +1064,52 @@ fn a_vm_container_sees_its_own_cgroup_with_its_limits() {
     );
     assert_no_leftovers(&id);
 }
+
+/// The guest gets a read-only view of the directory the host mounts containers in: it can
+/// write its container's root file system, never create anything where the host works.
+#[test]
+fn the_shared_directory_is_read_only_for_the_guest_but_its_containers_root() {
+    let id = unique_id("vm-shared");
+    let _guard = ContainerGuard::new(&id);
+    run_vm_detached(&id, &["sleep", "1000"]);
+    let state = Path::new("/run/vessel").join(NAMESPACE).join(&id);
+    let export = state.join("shared");
+    for planted in [export.join("planted"), export.join(&id).join("planted")] {
+        let refused = std::fs::File::create(&planted).unwrap_err();
+        assert_eq!(
+            refused.raw_os_error(),
+            Some(libc::EROFS),
+            "{}: {refused}",
+            planted.display()
+        );
+    }
+    let out = ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w1",
+        &id,
+        "sh",
+        "-c",
+        "echo guest-wrote > /written && cat /written",
+    ]);
+    assert_eq!(stdout(&out), "guest-wrote\n", "stderr: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(export.join(&id).join("rootfs/written")).unwrap(),
+        "guest-wrote\n",
+        "the container's root file system is writable through the export"
+    );
+    assert!(
+        !state.join("mounts").join("planted").exists(),
+        "nothing reached the host's side"
+    );
+    ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&id, "STOPPED");
+    ctr_ok(&["task", "rm", &id]);
+    ctr_ok(&["containers", "rm", &id]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()),
+        "the shim exits"
+    );
+    assert_no_leftovers(&id);
+}

@@ -80,7 +80,13 @@ pub struct Record {
     pub virtiofsd_pid: Option<u32>,
 }
 
+/// Where the host mounts what the guest gets (the guest never sees it).
 fn shared_root(dir: &Path) -> PathBuf {
+    dir.join("mounts")
+}
+
+/// What the guest gets: a read-only view of [`shared_root`] (`shared::export`).
+fn export_dir(dir: &Path) -> PathBuf {
     dir.join("shared")
 }
 
@@ -111,7 +117,7 @@ pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
 fn remove_state(dir: &Path) -> Result<()> {
     let shared = shared_root(dir);
     shared::remove_modules(&shared);
-    while nix::mount::umount2(&shared, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    shared::unexport(&shared, &export_dir(dir));
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(Error::io(format!("remove {}", dir.display()), e))
@@ -487,13 +493,15 @@ impl Sandbox for VmSandbox {
         );
         let hypervisor = &sized;
         let shared = shared_root(&self.dir);
-        std::fs::create_dir_all(&shared)
-            .map_err(|e| Error::io(format!("create {}", shared.display()), e))?;
+        let export = export_dir(&self.dir);
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("create {}", self.dir.display()), e))?;
         // Recorded before QEMU exists, so that a crash at any step is cleaned up.
         self.save(|_| ())?;
+        shared::export(&shared, &export)?;
         shared::add_modules(&shared, &hypervisor.initrd_path)?;
         let attached = self.attach_network(config).await?;
-        let virtio_fs_socket = self.start_virtiofsd(config, &shared).await?;
+        let virtio_fs_socket = self.start_virtiofsd(config, &export).await?;
         let mut agent_params = vec![format!(
             "vessel.shared_fs={}",
             hypervisor.shared_fs.as_str()
@@ -509,7 +517,7 @@ impl Sandbox for VmSandbox {
         }
         let vm = qemu::Vm {
             agent_socket: self.dir.join("agent.sock"),
-            shared_dir: shared,
+            shared_dir: export,
             qemu_log: self.dir.join("qemu.log"),
             agent_params: agent_params.join(" "),
             virtio_fs_socket,

@@ -1,13 +1,28 @@
-//! The directory a VM shares with its guest (over 9p): each container's root file system and
-//! the sources of its bind mounts (volumes, `/etc/hosts`, `resolv.conf`, ...) are mounted in
-//! it, and the container's spec names them by their place in it.
+//! The directory a VM shares with its guest (over 9p or virtio-fs): each container's root file
+//! system and the sources of its bind mounts (volumes, `/etc/hosts`, `resolv.conf`, ...) are
+//! mounted in it, and the container's spec names them by their place in it.
+//!
+//! The host writes in `mounts/`, which the guest never sees, and exports `shared/`, a
+//! read-only bind of it that receives every mount made in `mounts/` later (kata's
+//! `mounts`/`shared` split): the guest can write only inside what is mounted there read-write
+//! (containers' root file systems, read-write volumes), never create a file or a link where
+//! the host works. Mount points are made without following a link ([`mount_point`]) all the
+//! same, so a link planted in the tree (kata's CVE-2020-2026) makes the host refuse, not
+//! create or truncate a file elsewhere.
 
 use std::{
-    os::unix::ffi::OsStringExt,
-    path::{Path, PathBuf},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStringExt,
+    },
+    path::{Component, Path, PathBuf},
 };
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::{
+    fcntl::{openat2, OFlag, OpenHow, ResolveFlag},
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sys::stat::{mkdirat, Mode},
+};
 use oci_spec::runtime::Spec;
 
 use super::super::{rootfs, ContainerRequest, Error, Result};
@@ -88,19 +103,110 @@ fn submounts(mountinfo: &str, source: &Path) -> Vec<PathBuf> {
     below
 }
 
-/// An empty file or directory at `target`, as `source` is one.
-fn mount_point(source: &Path, target: &Path) -> Result<()> {
-    let io = |e| Error::io(format!("mount point {}", target.display()), e);
+/// Makes `mounts` the host's side of the shared directory and `export` the guest's: `mounts`
+/// a shared mount of its own, `export` a recursive bind of it, read-only at its root and its
+/// slave (mounts made in `mounts` appear in `export`, none go back).
+pub fn export(mounts: &Path, export: &Path) -> Result<()> {
+    let failed = |what: &str, path: &Path, e: nix::Error| {
+        Error::io(format!("{what} {}", path.display()), e.into())
+    };
+    for dir in [mounts, export] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    }
+    let none = None::<&str>;
+    mount(Some(mounts), mounts, none, MsFlags::MS_BIND, none)
+        .map_err(|e| failed("bind", mounts, e))?;
+    mount(none, mounts, none, MsFlags::MS_SHARED, none)
+        .map_err(|e| failed("make shared", mounts, e))?;
+    mount(
+        Some(mounts),
+        export,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(|e| failed("bind", export, e))?;
+    let read_only = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount(none, export, none, read_only, none).map_err(|e| failed("read-only", export, e))?;
+    mount(none, export, none, MsFlags::MS_SLAVE, none).map_err(|e| failed("make slave", export, e))
+}
+
+/// Undoes [`export`]: both mounts and whatever is still mounted under them.
+pub fn unexport(mounts: &Path, export: &Path) {
+    for dir in [export, mounts] {
+        while umount2(dir, MntFlags::MNT_DETACH).is_ok() {}
+    }
+}
+
+/// `target`, below `root`, opened or created as a directory (`create`) or an empty file
+/// (`create` false: the file itself), every component resolved beneath `root` without
+/// following a link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, `O_NOFOLLOW`).
+fn open_beneath(root: &Path, target: &Path, directory: bool) -> std::io::Result<OwnedFd> {
+    let relative = target.strip_prefix(root).map_err(|_| {
+        std::io::Error::other(format!(
+            "{} is not below {}",
+            target.display(),
+            root.display()
+        ))
+    })?;
+    let how = |flags: OFlag| {
+        // openat2 takes a mode only with O_CREAT.
+        let mode = if flags.contains(OFlag::O_CREAT) { 0o644 } else { 0 };
+        OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
+    };
+    let refused = |e: nix::Error, part: &Path| -> std::io::Error {
+        match e {
+            nix::Error::ELOOP | nix::Error::EXDEV | nix::Error::ENOTDIR => {
+                std::io::Error::other(format!(
+                    "{} is a link or leaves the directory: refused",
+                    part.display()
+                ))
+            }
+            other => other.into(),
+        }
+    };
+    let mut dir = nix::fcntl::open(root, OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let parts: Vec<_> = relative.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Component::Normal(name) = part else {
+            return Err(std::io::Error::other(format!(
+                "{}: only plain names below {}",
+                target.display(),
+                root.display()
+            )));
+        };
+        let last = i + 1 == parts.len();
+        if !last || directory {
+            match mkdirat(dir.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(refused(e, Path::new(name))),
+            }
+            dir = openat2(
+                dir.as_fd(),
+                *name,
+                how(OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+            )
+            .map_err(|e| refused(e, Path::new(name)))?;
+        } else {
+            return openat2(dir.as_fd(), *name, how(OFlag::O_CREAT | OFlag::O_WRONLY))
+                .map_err(|e| refused(e, Path::new(name)));
+        }
+    }
+    Ok(dir)
+}
+
+/// An empty file or directory at `target` below `root`, as `source` is one; a link on the way
+/// is refused.
+fn mount_point(root: &Path, source: &Path, target: &Path) -> Result<()> {
     let meta = std::fs::metadata(source)
         .map_err(|e| Error::io(format!("bind mount source {}", source.display()), e))?;
-    if meta.is_dir() {
-        std::fs::create_dir_all(target).map_err(io)
-    } else {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        std::fs::File::create(target).map(drop).map_err(io)
-    }
+    open_beneath(root, target, meta.is_dir())
+        .map(drop)
+        .map_err(|e| Error::io(format!("mount point {}", target.display()), e))
 }
 
 /// Where in the shared directory the guest finds the kernel modules it loads on demand.
@@ -118,8 +224,7 @@ pub fn add_modules(root: &Path, initrd: &str) -> Result<()> {
         return Ok(());
     };
     let target = root.join(MODULES_DIR);
-    std::fs::create_dir_all(&target)
-        .map_err(|e| Error::io(format!("mount point {}", target.display()), e))?;
+    mount_point(root, &source, &target)?;
     bind(&source, &target, true, false)
 }
 
@@ -141,7 +246,7 @@ pub fn remove(dir: &Path, mounts: &[PathBuf]) {
 pub async fn add(root: &Path, req: &ContainerRequest) -> Result<Shared> {
     let dir = root.join(&req.id);
     let mut mounts = Vec::new();
-    match place(&dir, req, &mut mounts).await {
+    match place(root, &dir, req, &mut mounts).await {
         Ok((spec, rootfs)) => Ok(Shared {
             spec,
             rootfs,
@@ -155,6 +260,7 @@ pub async fn add(root: &Path, req: &ContainerRequest) -> Result<Shared> {
 }
 
 async fn place(
+    root: &Path,
     dir: &Path,
     req: &ContainerRequest,
     mounts: &mut Vec<PathBuf>,
@@ -164,11 +270,12 @@ async fn place(
     let readonly = req.config.readonly_rootfs;
     if req.rootfs.is_empty() {
         let source = rootfs::target(&req.bundle, &req.config);
-        std::fs::create_dir_all(&target)
-            .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
+        mount_point(root, &source, &target)?;
         mounts.push(target.clone());
         bind(&source, &target, readonly, true)?;
     } else {
+        open_beneath(root, &target, true)
+            .map_err(|e| Error::io(format!("mount point {}", target.display()), e))?;
         mounts.push(target.clone());
         rootfs::mount(&req.rootfs, &target).await?;
     }
@@ -205,7 +312,7 @@ async fn place(
             } else {
                 source.join(&below)
             };
-            mount_point(&from, &target)?;
+            mount_point(root, &from, &target)?;
             mounts.push(target.clone());
             bind(&from, &target, rro || (k == 0 && ro), false)?;
             let mut guest = m.clone();
@@ -252,6 +359,39 @@ mod tests {
         );
         assert!(submounts(MOUNTINFO, Path::new("/srv/volume-other")).is_empty());
         assert!(submounts(MOUNTINFO, Path::new("/nowhere")).is_empty());
+    }
+
+    #[test]
+    fn mount_points_are_made_beneath_the_root_and_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mounts");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("precious"), "keep me").unwrap();
+
+        open_beneath(&root, &root.join("c1/mounts/0"), true).unwrap();
+        assert!(root.join("c1/mounts/0").is_dir());
+        open_beneath(&root, &root.join("c1/mounts/1"), false).unwrap();
+        assert!(root.join("c1/mounts/1").is_file());
+
+        // A link where a file mount point goes: refused, its target untouched.
+        std::os::unix::fs::symlink(outside.join("precious"), root.join("c1/mounts/2")).unwrap();
+        let refused = open_beneath(&root, &root.join("c1/mounts/2"), false).unwrap_err();
+        assert!(refused.to_string().contains("refused"), "{refused}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("precious")).unwrap(),
+            "keep me"
+        );
+        // A link on the way (a directory of the path): refused, nothing made outside.
+        std::os::unix::fs::symlink(&outside, root.join("c2")).unwrap();
+        let refused = open_beneath(&root, &root.join("c2/mounts/0"), true).unwrap_err();
+        assert!(refused.to_string().contains("refused"), "{refused}");
+        assert!(!outside.join("mounts").exists());
+        // `..` and paths outside the root are not names below it.
+        assert!(open_beneath(&root, &root.join("../outside/x"), true).is_err());
+        assert!(open_beneath(&root, &outside.join("x"), true).is_err());
+        assert!(!outside.join("x").exists());
     }
 
     #[test]
