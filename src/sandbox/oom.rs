@@ -49,6 +49,9 @@ pub async fn watch(pid: u32, mut on_oom: impl FnMut()) -> io::Result<()> {
     }
 }
 
+/// OOM signals closer together than this are one burst (cgroup v1).
+const OOM_BURST: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// cgroup v1: the eventfd fires on every OOM, and once more when the cgroup goes away.
 async fn watch_v1(dir: &Path, on_oom: &mut impl FnMut()) -> io::Result<()> {
     let control = File::open(dir.join("memory.oom_control"))?;
@@ -59,6 +62,7 @@ async fn watch_v1(dir: &Path, on_oom: &mut impl FnMut()) -> io::Result<()> {
     )?;
     // SAFETY: the AsyncFd owns the eventfd, which stays open for as long as it is registered.
     let events = unsafe { AsyncFd::register(events) }?;
+    let mut last: Option<std::time::Instant> = None;
     loop {
         let mut ready = events.readable().await?;
         match ready.get_inner().read() {
@@ -72,7 +76,12 @@ async fn watch_v1(dir: &Path, on_oom: &mut impl FnMut()) -> io::Result<()> {
         if !dir.exists() {
             return Ok(());
         }
-        on_oom();
+        // v1 signals every OOM the cgroup meets until its victim is gone: thousands in a
+        // burst under load. One event a burst tells containerd all it needs.
+        if last.is_none_or(|at| at.elapsed() >= OOM_BURST) {
+            on_oom();
+        }
+        last = Some(std::time::Instant::now());
     }
 }
 
