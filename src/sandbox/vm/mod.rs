@@ -3,7 +3,7 @@
 //! guest through a shared directory (9p).
 //!
 //! - [`qemu`]: the command line from the `HypervisorConfig`, the accelerator probe, the process.
-//! - [`agent`]: the connection to the guest agent and its errors.
+//! - [`agent`]: the connection to the guest agent, every call checked, and its errors.
 //! - [`cgroup`]: the VM's processes in the sandbox's cgroup (`sandbox_cgroup_only`).
 //! - [`isolation`]: what a VM cannot share with the host, refused up front.
 //! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
@@ -13,6 +13,7 @@
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
 //! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
+//! - [`watchers`]: QEMU's exit, the agent's health, OOM events and exits, checked.
 
 mod agent;
 mod cgroup;
@@ -26,6 +27,10 @@ mod shared;
 mod sizing;
 mod streams;
 mod virtiofs;
+mod watchers;
+
+#[cfg(test)]
+mod hostile;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -35,7 +40,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -45,15 +50,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::{
-    ContainerRequest, Error, Event, Exit, ProcessPid, Record as SandboxRecord, Result, Sandbox,
-    Started, Stats, StdioWanted,
+    ContainerRequest, Error, Event, ProcessPid, Record as SandboxRecord, Result, Sandbox, Started,
+    Stats, StdioWanted,
 };
 use crate::{
     oci::{InterworkingModel, SandboxConfig, SharedFs},
-    protos::{
-        agent::{self as api, container_stats_response::Metrics},
-        agent_ttrpc::AgentClient,
-    },
+    protos::agent::{self as api, container_stats_response::Metrics},
 };
 
 pub use memory::{meminfo_value, HUGEPAGES_DIR};
@@ -135,7 +137,9 @@ pub struct VmSandbox {
     dir: PathBuf,
     record: Mutex<Record>,
     /// The agent of the running VM.
-    client: Mutex<Option<Arc<AgentClient>>>,
+    client: Mutex<Option<Arc<agent::Agent>>>,
+    /// The processes started in it, which the guest's ids are checked against.
+    known: Arc<Mutex<watchers::Known>>,
     /// Set once the sandbox is being stopped: QEMU's exit is then no death.
     stopping: Arc<AtomicBool>,
     sender: UnboundedSender<Event>,
@@ -157,6 +161,7 @@ impl VmSandbox {
             dir: dir.to_path_buf(),
             record: Mutex::new(Record::default()),
             client: Mutex::new(None),
+            known: Arc::default(),
             stopping: Arc::new(AtomicBool::new(false)),
             sender,
             events: Mutex::new(Some(receiver)),
@@ -212,7 +217,7 @@ impl VmSandbox {
         SandboxRecord::Vm(record.clone()).save(&self.dir)
     }
 
-    fn client(&self) -> Result<Arc<AgentClient>> {
+    fn client(&self) -> Result<Arc<agent::Agent>> {
         lock(&self.client)
             .clone()
             .ok_or_else(|| Error::Unavailable("the sandbox's VM is not running".into()))
@@ -226,7 +231,7 @@ impl VmSandbox {
         vm: &qemu::Vm,
         accelerator: qemu::Accelerator,
         tap: Option<RawFd>,
-    ) -> Result<(AgentClient, tokio::sync::oneshot::Receiver<i32>)> {
+    ) -> Result<(agent::Agent, tokio::sync::oneshot::Receiver<i32>)> {
         let hypervisor = &config.hypervisor_config;
         let args = qemu::arguments(hypervisor, vm, accelerator);
         log::debug!("starting {} {}", hypervisor.hypervisor_path, args.join(" "));
@@ -330,75 +335,39 @@ impl VmSandbox {
         running
     }
 
-    /// Runs the per-sandbox watchers: QEMU's death, OOM events.
-    fn watch(&self, client: Arc<AgentClient>, exited: tokio::sync::oneshot::Receiver<i32>) {
-        let sender = self.sender.clone();
-        let log_file = self.dir.join("qemu.log");
-        let stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            if let Ok(code) = exited.await {
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                let _ = sender.send(Event::Died {
-                    reason: format!("QEMU exited ({code}): {}", qemu::last_words(&log_file)),
-                });
-            }
-        });
-        let sender = self.sender.clone();
-        tokio::spawn(async move {
-            loop {
-                match client
-                    .get_oom_event(agent::no_deadline(), &api::Empty::default())
-                    .await
-                {
-                    Ok(oom) => {
-                        let _ = sender.send(Event::Oom {
-                            container_id: oom.container_id,
-                        });
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-
-    /// Reports the exit of process `exec_id` of `id` once the agent has it.
-    fn wait_exit(&self, client: Arc<AgentClient>, id: &str, exec_id: &str) {
-        let sender = self.sender.clone();
-        let req = api::ProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            ..Default::default()
+    /// Runs the per-sandbox watchers: its death (QEMU's exit, its agent's), health checks,
+    /// OOM events.
+    fn watch(&self, client: Arc<agent::Agent>, exited: tokio::sync::oneshot::Receiver<i32>) {
+        let sandbox = watchers::Sandbox {
+            events: self.sender.clone(),
+            stopping: self.stopping.clone(),
+            dir: self.dir.clone(),
+            qemu_pid: lock(&self.record).qemu_pid,
+            known: self.known.clone(),
         };
-        tokio::spawn(async move {
-            // An agent that went away is the sandbox dying, reported by QEMU's watcher.
-            if let Ok(exited) = client.wait_process(agent::no_deadline(), &req).await {
-                let at = UNIX_EPOCH + Duration::from_nanos(exited.exited_at_ns.max(0) as u64);
-                let _ = sender.send(Event::Exit(Exit {
-                    container_id: req.container_id,
-                    exec_id: req.exec_id,
-                    pid: std::process::id(),
-                    status: exited.status,
-                    at: at.min(SystemTime::now()),
-                }));
-            }
-        });
+        watchers::start(client, exited, sandbox);
     }
 
     /// The streams and exit watch of a process the agent started.
     fn started(
         &self,
-        client: &Arc<AgentClient>,
+        client: &Arc<agent::Agent>,
         id: &str,
         exec_id: &str,
         stdio: StdioWanted,
     ) -> Started {
+        lock(&self.known).add(id, exec_id);
         let (io, relays) = streams::start(client, id, exec_id, stdio);
         if let Some(stdin) = relays.stdin {
             lock(&self.stdin_relays).insert((id.to_string(), exec_id.to_string()), stdin);
         }
-        self.wait_exit(client.clone(), id, exec_id);
+        watchers::exit(
+            client.clone(),
+            self.sender.clone(),
+            self.known.clone(),
+            id,
+            exec_id,
+        );
         // Guest pids mean nothing on the host: containerd is told the shim's own, as kata does.
         Started {
             pid: std::process::id(),
@@ -408,7 +377,7 @@ impl VmSandbox {
 }
 
 /// Gives the guest's interface the pod interface's addresses, MTU and routes.
-async fn configure_interface(client: &AgentClient, interface: &network::Interface) -> Result<()> {
+async fn configure_interface(client: &agent::Agent, interface: &network::Interface) -> Result<()> {
     let req = api::UpdateInterfaceRequest {
         mac: interface.mac.clone(),
         addresses: interface.addresses.clone(),
@@ -708,6 +677,7 @@ impl Sandbox for VmSandbox {
         self.save(|r| {
             r.containers.remove(id);
         })?;
+        lock(&self.known).forget(id);
         // What it asked goes back; a guest that cannot give it all back keeps the rest.
         if let Err(e) = self.resize(id, None).await {
             log::warn!("shrinking the sandbox after {id}: {e}");
@@ -717,6 +687,7 @@ impl Sandbox for VmSandbox {
 
     async fn delete_exec(&self, id: &str, exec_id: &str) {
         lock(&self.stdin_relays).remove(&(id.to_string(), exec_id.to_string()));
+        lock(&self.known).forget_exec(id, exec_id);
         if let Ok(client) = self.client() {
             let req = api::ProcessRequest {
                 container_id: id.to_string(),
@@ -749,12 +720,14 @@ impl Sandbox for VmSandbox {
             .list_processes(agent::ctx(), &container(id))
             .await
             .map_err(|e| agent::error("ps", id, e))?;
+        // Guest pids, for display only; an exec id only when the shim started it.
+        let known = lock(&self.known);
         Ok(listed
             .processes
             .into_iter()
             .map(|p| ProcessPid {
                 pid: p.pid,
-                exec_id: (!p.exec_id.is_empty()).then_some(p.exec_id),
+                exec_id: (!p.exec_id.is_empty() && known.has(id, &p.exec_id)).then_some(p.exec_id),
             })
             .collect())
     }
@@ -774,16 +747,15 @@ impl Sandbox for VmSandbox {
     }
 
     async fn stats(&self, id: &str) -> Result<Stats> {
-        let reply = self
-            .client()?
+        let client = self.client()?;
+        let reply = client
             .container_stats(agent::ctx(), &container(id))
             .await
             .map_err(|e| agent::error("stats", id, e))?;
+        // At most agent::STATS_LIMIT bytes: decoded, a few MiB at worst.
         let decode = |e: protobuf::Error| {
-            Error::io(
-                "decode the guest's metrics",
-                std::io::Error::other(e.to_string()),
-            )
+            let what = format!("ContainerStats: metrics that do not decode: {e}");
+            agent::error("stats", id, client.protocol_error(what))
         };
         match reply.metrics {
             Some(Metrics::CgroupV2(bytes)) => Ok(Stats::V2(Box::new(
@@ -842,6 +814,10 @@ impl Sandbox for VmSandbox {
             if self.end(pid, grace).await && client.is_some() {
                 log::warn!("QEMU {pid} did not power off: killed");
             }
+        }
+        // Whatever still waits on the agent (relays, watchers) ends.
+        if let Some(client) = &client {
+            client.declare_dead("the sandbox stopped");
         }
         // virtiofsd ends with QEMU's connection; one that did not is killed.
         let virtiofsd = lock(&self.record).virtiofsd_pid;

@@ -39,8 +39,8 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use super::agent;
-use crate::protos::{agent as api, agent_ttrpc::AgentClient};
+use super::agent::{self, Agent};
+use crate::protos::agent as api;
 
 /// The nftables table the backend adds to the pod's network namespace.
 const TABLE: &str = "vessel_portforward";
@@ -168,7 +168,7 @@ fn listen_in(netns: &Path) -> std::io::Result<std::net::TcpListener> {
 /// Starts port forwarding into the VM behind `client` for the pod's network namespace
 /// `netns`. Never fails the pod: without `nft` (or when the namespace refuses) the pod runs
 /// without port forwarding, and the log says why.
-pub fn start(netns: &Path, client: Arc<AgentClient>) -> Option<Forwarding> {
+pub fn start(netns: &Path, client: Arc<Agent>) -> Option<Forwarding> {
     if is_own_namespace(netns) {
         return None;
     }
@@ -214,7 +214,7 @@ pub fn start(netns: &Path, client: Arc<AgentClient>) -> Option<Forwarding> {
 }
 
 /// Accepts the redirected connections and relays each; the relays end with this task.
-async fn serve(listener: TcpListener, client: Arc<AgentClient>) {
+async fn serve(listener: TcpListener, client: Arc<Agent>) {
     let mut relays = JoinSet::new();
     loop {
         tokio::select! {
@@ -261,7 +261,7 @@ fn original_port(stream: &TcpStream) -> std::io::Result<u16> {
 
 /// Relays one connection to the same port of the guest's loopback; a connection the guest
 /// refuses, or that fails, is reset.
-async fn relay(mut stream: TcpStream, client: Arc<AgentClient>) {
+async fn relay(mut stream: TcpStream, client: Arc<Agent>) {
     let port = match original_port(&stream) {
         Ok(port) => port,
         Err(e) => {

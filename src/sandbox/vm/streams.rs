@@ -8,10 +8,15 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::super::{ProcessIo, StdioWanted};
-use crate::protos::{agent as api, agent_ttrpc::AgentClient};
+use super::{
+    super::{ProcessIo, StdioWanted},
+    agent::{self, Agent, CallError},
+};
+use crate::protos::agent as api;
 
-/// How many bytes one read asks the agent for, and the pipes' buffer.
+/// How many bytes one read asks the agent for, and the pipes' buffer: an answer may hold no
+/// more (the agent's checked reads refuse one that does), and the shim buffers at most this
+/// much of a stream while nobody reads it.
 const CHUNK: usize = 64 * 1024;
 
 /// Which output stream.
@@ -30,7 +35,7 @@ pub struct Relays {
 /// Starts relays for the streams `stdio` names of process `exec_id` of container `id`;
 /// returns the shim's ends.
 pub fn start(
-    client: &Arc<AgentClient>,
+    client: &Arc<Agent>,
     id: &str,
     exec_id: &str,
     stdio: StdioWanted,
@@ -68,7 +73,7 @@ pub fn start(
 }
 
 fn output(
-    client: Arc<AgentClient>,
+    client: Arc<Agent>,
     id: &str,
     exec_id: &str,
     which: Output,
@@ -82,9 +87,11 @@ fn output(
     };
     tokio::spawn(async move {
         loop {
+            // No deadline: a read waits for the process to write. A silent guest fails its
+            // health checks, and its death ends the read.
             let read = match which {
-                Output::Stdout => client.read_stdout(super::agent::no_deadline(), &req).await,
-                Output::Stderr => client.read_stderr(super::agent::no_deadline(), &req).await,
+                Output::Stdout => client.read_stdout(agent::no_deadline(), &req).await,
+                Output::Stderr => client.read_stderr(agent::no_deadline(), &req).await,
             };
             match read {
                 Ok(chunk) if !chunk.eof => {
@@ -93,6 +100,10 @@ fn output(
                     }
                 }
                 Ok(_) => break,
+                Err(CallError::Dead(reason)) => {
+                    log::debug!("output of {} {:?}: {reason}", req.container_id, req.exec_id);
+                    break;
+                }
                 Err(e) => {
                     log::warn!("output of {} {:?}: {e}", req.container_id, req.exec_id);
                     break;
@@ -105,7 +116,7 @@ fn output(
 }
 
 async fn input(
-    client: Arc<AgentClient>,
+    client: Arc<Agent>,
     id: String,
     exec_id: String,
     mut reader: tokio::io::DuplexStream,
@@ -121,7 +132,7 @@ async fn input(
                     data: buf[..n].to_vec(),
                     ..Default::default()
                 };
-                if let Err(e) = client.write_stdin(super::agent::ctx(), &req).await {
+                if let Err(e) = client.write_stdin(agent::ctx(), &req).await {
                     log::warn!("input of {id} {exec_id:?}: {e}");
                     break;
                 }
@@ -133,7 +144,7 @@ async fn input(
         exec_id: exec_id.clone(),
         ..Default::default()
     };
-    if let Err(e) = client.close_stdin(super::agent::ctx(), &req).await {
+    if let Err(e) = client.close_stdin(agent::ctx(), &req).await {
         log::debug!("close stdin of {id} {exec_id:?}: {e}");
     }
 }
