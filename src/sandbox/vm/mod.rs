@@ -185,20 +185,17 @@ impl VmSandbox {
         };
         let since = Instant::now();
         hotplug.set_vcpus(size.vcpus).await?;
+        hotplug.set_memory(size.memory_mib).await?;
+        // The guest brings the vCPUs online (and any memory block its kernel left offline).
         let online = api::OnlineResourcesRequest {
             vcpus: size.vcpus,
             ..Default::default()
         };
-        self.client()?
-            .online_resources(agent::ctx(), &online)
-            .await
-            .map_err(|e| agent::error("online the vCPUs of", id, e))?;
-        hotplug.set_memory(size.memory_mib).await?;
         let guest = self
             .client()?
             .online_resources(agent::ctx(), &online)
             .await
-            .map_err(|e| agent::error("online the memory of", id, e))?;
+            .map_err(|e| agent::error("online the vCPUs and memory of", id, e))?;
         log::info!(
             "sandbox resized for {id}: {} vCPUs, {} MiB (the guest has {} vCPUs online and \
              {} MiB) in {} ms",
