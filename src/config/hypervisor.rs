@@ -257,6 +257,7 @@ impl QemuSection {
             mlock: !self.enable_swap,
             file_backed_mem_root_dir: self.file_mem_backend.clone(),
             entropy_source: self.entropy_source.clone(),
+            debug: false,
             guest_hook_path: self.guest_hook_path.clone(),
             disable_vhost_net: self.disable_vhost_net,
             use_vsock: self.use_vsock,

@@ -69,9 +69,11 @@ impl Config {
         let qemu = &self.hypervisor.qemu;
         let runtime = &self.runtime;
         runtime.check_oci_runtime()?;
+        let mut hypervisor_config = qemu.hypervisor_config()?;
+        hypervisor_config.debug = runtime.enable_debug;
         Ok(RuntimeConfig {
             hypervisor_type: HypervisorType::Qemu,
-            hypervisor_config: qemu.hypervisor_config()?,
+            hypervisor_config,
             agent_config: self.agent.vessel.agent_config(),
             inter_network_model: runtime.internetworking_model,
             factory_config: self.factory.factory_config(),

@@ -88,6 +88,8 @@ pub struct HypervisorConfig {
     pub file_backed_mem_root_dir: String,
     /// Host entropy device for the guest.
     pub entropy_source: String,
+    /// Debug output: the guest's console goes to the shim's log (`[runtime] enable_debug`).
+    pub debug: bool,
     /// Path inside the guest of OCI hooks.
     pub guest_hook_path: String,
     /// Do not use vhost-net.

@@ -229,10 +229,7 @@ impl VmSandbox {
         accelerator: qemu::Accelerator,
         tap: Option<RawFd>,
     ) -> Result<(agent::Agent, tokio::sync::oneshot::Receiver<i32>)> {
-        let hypervisor = &config.hypervisor_config;
-        let args = qemu::arguments(hypervisor, vm, accelerator);
-        log::debug!("starting {} {}", hypervisor.hypervisor_path, args.join(" "));
-        let mut started = qemu::launch(&hypervisor.hypervisor_path, &args, vm, tap).await?;
+        let mut started = qemu::launch(&config.hypervisor_config, vm, accelerator, tap).await?;
         self.save(|r| r.qemu_pid = Some(started.pid))?;
         let limit = match accelerator {
             qemu::Accelerator::Kvm => KVM_BOOT_LIMIT,

@@ -6,13 +6,14 @@ use std::{
     os::{fd::RawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use containerd_shim::{
     asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
     monitor::{Subject, Topic},
 };
-use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt;
 
 use super::{
     super::{Error, Result},
@@ -20,8 +21,9 @@ use super::{
 };
 use crate::oci::HypervisorConfig;
 
-/// kata's kernel parameters for a fast boot, and the console on the first serial port; the
-/// clock's come from [`Accelerator::clock_params`].
+/// kata's kernel parameters for a fast boot, and the console on the first serial port (which
+/// goes nowhere unless the configuration asks for debug output); the clock's come from
+/// [`Accelerator::clock_params`].
 const KERNEL_PARAMS: &str = "console=ttyS0 no_timer_check rcupdate.rcu_expedited=1 \
     i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp \
     cryptomgr.notests pci=lastbus=0 quiet panic=-1";
@@ -170,8 +172,9 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         "-nodefaults".into(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // The guest's console: read by the shim, bounded, only for debug output.
         "-serial".into(),
-        "stdio".into(),
+        if config.debug { "stdio" } else { "null" }.into(),
         "-kernel".into(),
         config.kernel_path.clone(),
         "-append".into(),
@@ -264,16 +267,29 @@ pub struct Qemu {
     pub exited: tokio::sync::oneshot::Receiver<i32>,
 }
 
-/// Starts QEMU `binary` with `args`: its console (stdout) to the shim's log, its own messages
-/// to `vm.qemu_log`, `tap` as its descriptor 3; it dies with the shim.
-pub async fn launch(binary: &str, args: &[String], vm: &Vm, tap: Option<RawFd>) -> Result<Qemu> {
+/// Starts QEMU for `vm` with `config` under `accelerator`: its console (stdout) read into the
+/// shim's log when `config.debug` asks for it (bounded, see [`Console`]), else nowhere; its
+/// own messages to `vm.qemu_log`; `tap` as its descriptor 3. It dies with the shim.
+pub async fn launch(
+    config: &HypervisorConfig,
+    vm: &Vm,
+    accelerator: Accelerator,
+    tap: Option<RawFd>,
+) -> Result<Qemu> {
+    let binary = &config.hypervisor_path;
+    let args = arguments(config, vm, accelerator);
+    log::debug!("starting {binary} {}", args.join(" "));
     let log = File::create(&vm.qemu_log)
         .map_err(|e| Error::io(format!("create {}", vm.qemu_log.display()), e))?;
     let mut command = Command::new(binary);
     command
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(if config.debug {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(log);
     // SAFETY: prctl, dup2 and fcntl are async-signal-safe; nothing else runs between fork
     // and exec.
@@ -332,18 +348,142 @@ fn pass_as_fd3(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Logs each line of the guest's console.
+/// The longest console line logged; the rest of a longer one is dropped.
+const CONSOLE_LINE: usize = 4096;
+/// The console's log budget, bytes it may log at once (a line costs its length and
+/// [`CONSOLE_LINE_COST`]). A guest that writes more has its lines dropped and counted, not
+/// buffered.
+const CONSOLE_BURST: u64 = 32 * 1024;
+/// The console's log budget per second, after [`CONSOLE_BURST`].
+const CONSOLE_RATE: u64 = 8 * 1024;
+/// What a logged line costs besides its text (the log record around it).
+const CONSOLE_LINE_COST: u64 = 128;
+/// How often what was dropped is reported.
+const CONSOLE_REPORT: Duration = Duration::from_secs(10);
+
+/// The guest's console, as the shim logs it: lines cut at [`CONSOLE_LINE`] bytes, at most
+/// [`CONSOLE_RATE`] bytes a second after a burst of [`CONSOLE_BURST`], and a count of what
+/// was dropped. It holds one line at most, whatever the guest writes.
+struct Console {
+    line: Vec<u8>,
+    /// Bytes of the current line past [`CONSOLE_LINE`].
+    cut: u64,
+    tokens: u64,
+    refilled: Instant,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    cut_lines: u64,
+    cut_bytes: u64,
+}
+
+impl Console {
+    fn new(now: Instant) -> Self {
+        Self {
+            line: Vec::with_capacity(CONSOLE_LINE),
+            cut: 0,
+            tokens: CONSOLE_BURST,
+            refilled: now,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+            cut_lines: 0,
+            cut_bytes: 0,
+        }
+    }
+
+    /// Takes what the guest wrote; `log` gets each line the budget allows.
+    fn feed(&mut self, bytes: &[u8], now: Instant, log: &mut impl FnMut(String)) {
+        for part in bytes.split_inclusive(|b| *b == b'\n') {
+            let (text, ends) = match part.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (part, false),
+            };
+            let room = CONSOLE_LINE - self.line.len();
+            let kept = text.len().min(room);
+            self.line.extend_from_slice(&text[..kept]);
+            self.cut += (text.len() - kept) as u64;
+            if ends {
+                self.end_line(now, log);
+            }
+        }
+    }
+
+    fn end_line(&mut self, now: Instant, log: &mut impl FnMut(String)) {
+        let line = printable(&String::from_utf8_lossy(&self.line));
+        let cut = std::mem::take(&mut self.cut);
+        self.line.clear();
+        if line.is_empty() && cut == 0 {
+            return;
+        }
+        if cut > 0 {
+            self.cut_lines += 1;
+            self.cut_bytes += cut;
+        }
+        let earned =
+            now.saturating_duration_since(self.refilled).as_millis() as u64 * CONSOLE_RATE / 1000;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(CONSOLE_BURST);
+            self.refilled = now;
+        }
+        let cost = line.len() as u64 + CONSOLE_LINE_COST;
+        if cost > self.tokens {
+            self.dropped_lines += 1;
+            self.dropped_bytes += line.len() as u64 + cut;
+            return;
+        }
+        self.tokens -= cost;
+        if cut > 0 {
+            log(format!("{line} [{cut} more bytes dropped]"));
+        } else {
+            log(line);
+        }
+    }
+
+    /// What was dropped since the last report, if anything.
+    fn report(&mut self) -> Option<String> {
+        if self.dropped_lines == 0 && self.cut_lines == 0 {
+            return None;
+        }
+        let text = format!(
+            "{} lines ({} bytes) dropped over the rate limit of {CONSOLE_RATE} bytes/s, {} \
+             lines cut at {CONSOLE_LINE} bytes ({} bytes dropped)",
+            self.dropped_lines, self.dropped_bytes, self.cut_lines, self.cut_bytes
+        );
+        self.dropped_lines = 0;
+        self.dropped_bytes = 0;
+        self.cut_lines = 0;
+        self.cut_bytes = 0;
+        Some(text)
+    }
+}
+
+/// Logs the guest's console through a [`Console`], reading as fast as QEMU writes (the guest
+/// never waits on the shim), until QEMU's stdout closes.
 fn relay_console(stdout: std::process::ChildStdout) {
-    let Ok(stdout) = tokio::process::ChildStdout::from_std(stdout) else {
+    let Ok(mut stdout) = tokio::process::ChildStdout::from_std(stdout) else {
         return;
     };
     tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line = printable(&line);
-            if !line.is_empty() {
-                log::info!("guest console: {line}");
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut console = Console::new(Instant::now());
+        let mut log = |line: String| log::info!("guest console: {line}");
+        let mut report = tokio::time::interval(CONSOLE_REPORT);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                read = stdout.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => console.feed(&buffer[..n], Instant::now(), &mut log),
+                },
+                _ = report.tick() => {
+                    if let Some(text) = console.report() {
+                        log::warn!("guest console: {text}");
+                    }
+                }
             }
+        }
+        console.feed(b"\n", Instant::now(), &mut log);
+        if let Some(text) = console.report() {
+            log::warn!("guest console: {text}");
         }
     });
 }
@@ -437,6 +577,11 @@ mod tests {
             value_of(&args, "-qmp"),
             ["unix:/run/vessel/ns/s1/qmp.sock,server=on,wait=off"]
         );
+        assert_eq!(
+            value_of(&args, "-serial"),
+            ["null"],
+            "no console unless debugging"
+        );
         assert_eq!(value_of(&args, "-m"), ["512M"]);
         assert_eq!(value_of(&args, "-kernel"), ["/usr/share/vessel/vmlinux"]);
         assert_eq!(
@@ -482,6 +627,78 @@ mod tests {
         assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
         assert!(value_of(&kvm, "-append")[0].contains("tsc=reliable"));
+        let debugging = HypervisorConfig {
+            debug: true,
+            ..config.clone()
+        };
+        let args = arguments(&debugging, &vm(), Accelerator::Tcg);
+        assert_eq!(value_of(&args, "-serial"), ["stdio"]);
+    }
+
+    fn fed(console: &mut Console, bytes: &[u8], now: Instant) -> Vec<String> {
+        let mut lines = Vec::new();
+        console.feed(bytes, now, &mut |l| lines.push(l));
+        lines
+    }
+
+    #[test]
+    fn console_lines_are_cut_and_never_held_longer() {
+        let now = Instant::now();
+        let mut console = Console::new(now);
+        assert_eq!(fed(&mut console, b"hello\r\nwor", now), ["hello"]);
+        assert_eq!(fed(&mut console, b"ld\n", now), ["world"]);
+        // 1 MiB without a newline: the console holds 4 KiB of it.
+        for _ in 0..64 {
+            assert!(fed(&mut console, &[b'x'; 16 * 1024], now).is_empty());
+            assert!(console.line.len() <= CONSOLE_LINE);
+        }
+        let lines = fed(&mut console, b"\n", now);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with(&"x".repeat(CONSOLE_LINE)));
+        assert!(
+            lines[0].ends_with(&format!(
+                "[{} more bytes dropped]",
+                (1 << 20) - CONSOLE_LINE
+            )),
+            "{}",
+            &lines[0][CONSOLE_LINE..]
+        );
+        let report = console.report().expect("a report");
+        assert!(report.contains("1 lines cut"), "{report}");
+        assert_eq!(console.report(), None, "counted once");
+    }
+
+    #[test]
+    fn console_lines_over_the_rate_are_dropped_and_counted() {
+        let start = Instant::now();
+        let mut console = Console::new(start);
+        let flood: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let logged = fed(&mut console, &flood, start);
+        // Lines of 6 to 10 bytes.
+        let most = (CONSOLE_BURST / (CONSOLE_LINE_COST + 6)) as usize;
+        let least = (CONSOLE_BURST / (CONSOLE_LINE_COST + 10)) as usize;
+        assert!(
+            (least..=most).contains(&logged.len()),
+            "{} lines logged",
+            logged.len()
+        );
+        let report = console.report().expect("a report");
+        assert!(
+            report.starts_with(&format!("{} lines", 20_000 - logged.len())),
+            "{report}"
+        );
+        // One second later the budget allows CONSOLE_RATE bytes more.
+        let later = start + Duration::from_secs(1);
+        let logged = fed(&mut console, &flood, later);
+        let most = (CONSOLE_RATE / (CONSOLE_LINE_COST + 6)) as usize;
+        let least = (CONSOLE_RATE / (CONSOLE_LINE_COST + 10)) as usize;
+        assert!(
+            (least..=most).contains(&logged.len()),
+            "{} lines logged after a second",
+            logged.len()
+        );
     }
 
     #[test]
