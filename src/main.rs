@@ -1,6 +1,7 @@
 //! `containerd-shim-vessel-v2`: the shim binary containerd starts for `io.containerd.vessel.v2`.
 //!
-//! `convert` and `check` are our own subcommands; everything else (`start`, `delete`, the daemon) is
+//! `convert` and `check` are our own subcommands (and `jail`, which starts a VM's QEMU confined:
+//! `vessel::sandbox::vm::jail`); everything else (`start`, `delete`, the daemon) is
 //! the shim v2 protocol, handled by the containerd-shim crate around [`vessel::shim::Vessel`].
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
@@ -62,6 +63,10 @@ fn check(args: CheckArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: the helper that confines a VM's QEMU and execs it.
+    if let Some(args) = vessel::sandbox::vm::jail::action_args(std::env::args_os()) {
+        return vessel::sandbox::vm::jail::main(args);
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "check") {
         return check(CheckArgs::parse_from(std::env::args_os().skip(1)));
     }

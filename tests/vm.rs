@@ -1255,3 +1255,105 @@ fn a_guest_flooding_its_console_costs_the_host_nothing() {
         assert_no_leftovers(&id);
     }
 }
+
+/// QEMU confined, Firecracker's jailer as the model: with a pod running, QEMU has a seccomp
+/// filter (`Seccomp: 2`) and no_new_privs, runs as an unprivileged uid of its own, keeps only
+/// the capabilities 9p needs (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID; never
+/// CAP_SYS_ADMIN or CAP_MKNOD) in its bounding set too, and sees neither the host's `/etc` nor
+/// its network; the container still writes its root file system through it with the owners and
+/// modes it asks for. With virtio-fs QEMU keeps no capability and virtiofsd runs in its own
+/// namespaces.
+#[test]
+fn qemu_runs_confined() {
+    const SYS_ADMIN: u64 = 1 << 21;
+    let nine_p_caps: u64 = 0b1_1011; // chown, dac_override, fowner, fsetid
+    let virtio_fs = vm_config_with(
+        "vessel-vm-virtiofs.toml",
+        &[
+            ("shared_fs", "\"virtio-fs\""),
+            ("virtio_fs_daemon", "\"/usr/libexec/virtiofsd\""),
+        ],
+    );
+    for (what, config, caps) in [
+        ("9p", vm_config(), nine_p_caps),
+        ("virtio-fs", virtio_fs, 0),
+    ] {
+        let id = unique_id("vm-jail");
+        let _guard = ContainerGuard::new(&id);
+        run_vm_detached_with(&config, &id, &["sleep", "1000"]);
+        let qemus = qemus_of(&id);
+        assert_eq!(qemus.len(), 1, "{what}: {qemus:?}");
+        let qemu = qemus[0];
+        assert_eq!(status_field(qemu, "Seccomp"), "2", "{what}: seccomp filter");
+        assert_eq!(status_field(qemu, "NoNewPrivs"), "1", "{what}");
+        for set in ["CapEff", "CapPrm", "CapBnd", "CapInh"] {
+            let value = u64::from_str_radix(&status_field(qemu, set), 16).unwrap();
+            assert_eq!(value, caps, "{what}: {set} {value:x}");
+            assert_eq!(value & SYS_ADMIN, 0, "{what}: {set} has CAP_SYS_ADMIN");
+        }
+        let uid: u32 = status_field(qemu, "Uid").parse().unwrap();
+        assert!(uid >= 0x7E00_0000, "{what}: QEMU runs as uid {uid}");
+        assert!(
+            !Path::new(&format!("/proc/{qemu}/root/etc/passwd")).exists(),
+            "{what}: QEMU sees the host's /etc"
+        );
+        let mountinfo = std::fs::read_to_string(format!("/proc/{qemu}/mountinfo")).unwrap();
+        let points: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .collect();
+        assert!(
+            points.iter().all(|p| !p.starts_with("/etc")),
+            "{what}: {points:?}"
+        );
+        let net = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        assert_ne!(
+            net(&qemu.to_string()),
+            net("self"),
+            "{what}: the host's network"
+        );
+        // The container writes its root file system as root in the guest does.
+        let script = "mkdir /t && echo x >/t/f && chown 1000:1000 /t/f && chmod 4755 /t/f && \
+                      touch -d '2020-01-01 00:00:00' /t/f && stat -c '%u:%g %a %Y' /t/f && \
+                      (mknod /t/null c 1 3 2>/dev/null && echo mknod || echo no-mknod)";
+        let out = ctr(&["task", "exec", "--exec-id", "w", &id, "sh", "-c", script]);
+        let mknod = if what == "9p" { "no-mknod" } else { "mknod" };
+        assert_eq!(
+            stdout(&out),
+            format!("1000:1000 4755 1577836800\n{mknod}\n"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        if what == "virtio-fs" {
+            // virtiofsd: a process waiting in its namespaces and the server, filtered.
+            let daemons: Vec<u32> = processes()
+                .into_iter()
+                .filter(|p| {
+                    p.cmdline().starts_with("/usr/libexec/virtiofsd") && p.cmdline().contains(&id)
+                })
+                .map(|p| p.pid)
+                .collect();
+            assert!(!daemons.is_empty(), "virtiofsd runs");
+            let mnt = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+            for pid in &daemons {
+                assert_ne!(
+                    mnt(&pid.to_string()),
+                    mnt("self"),
+                    "virtiofsd's own namespace"
+                );
+            }
+            assert!(
+                daemons
+                    .iter()
+                    .any(|pid| status_field(*pid, "Seccomp") == "2"),
+                "virtiofsd's seccomp filter"
+            );
+        }
+        ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+        wait_status(&id, "STOPPED");
+        ctr_ok(&["task", "rm", &id]);
+        ctr_ok(&["containers", "rm", &id]);
+        assert!(wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()));
+        assert_no_leftovers(&id);
+    }
+}

@@ -96,6 +96,11 @@ pub struct QemuSection {
     pub pcie_root_port: u32,
     /// Host entropy device.
     pub entropy_source: String,
+    /// Run QEMU without its seccomp filter (kata's `disable_seccomp`). Off by default: QEMU
+    /// runs with `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
+    /// resourcecontrol=deny`, so that a guest that takes QEMU over cannot execute programs,
+    /// change its credentials or use obsolete system calls.
+    pub disable_seccomp: bool,
     /// Host directory backing guest memory with files (empty: anonymous memory).
     pub file_mem_backend: String,
     /// Path inside the guest of OCI hooks.
@@ -163,6 +168,7 @@ impl Default for QemuSection {
             hotplug_vfio_on_root_bus: false,
             pcie_root_port: 0,
             entropy_source: "/dev/urandom".to_owned(),
+            disable_seccomp: false,
             file_mem_backend: String::new(),
             guest_hook_path: String::new(),
             enable_annotations: Vec::new(),
@@ -257,6 +263,7 @@ impl QemuSection {
             mlock: !self.enable_swap,
             file_backed_mem_root_dir: self.file_mem_backend.clone(),
             entropy_source: self.entropy_source.clone(),
+            disable_seccomp: self.disable_seccomp,
             debug: false,
             guest_hook_path: self.guest_hook_path.clone(),
             disable_vhost_net: self.disable_vhost_net,

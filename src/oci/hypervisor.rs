@@ -88,6 +88,8 @@ pub struct HypervisorConfig {
     pub file_backed_mem_root_dir: String,
     /// Host entropy device for the guest.
     pub entropy_source: String,
+    /// Run QEMU without its seccomp filter.
+    pub disable_seccomp: bool,
     /// Debug output: the guest's console goes to the shim's log (`[runtime] enable_debug`).
     pub debug: bool,
     /// Path inside the guest of OCI hooks.

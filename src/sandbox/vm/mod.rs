@@ -6,6 +6,7 @@
 //! - [`agent`]: the connection to the guest agent, every call checked, and its errors.
 //! - [`cgroup`]: the VM's processes in the sandbox's cgroup (`sandbox_cgroup_only`).
 //! - [`isolation`]: what a VM cannot share with the host, refused up front.
+//! - [`jail`]: QEMU confined (namespaces, capabilities, an unprivileged user).
 //! - [`network`]: the pod's network namespace mirrored into the VM (tcfilter).
 //! - [`portforward`]: connections to the pod namespace's loopback relayed to the guest's.
 //! - [`qmp`]: QEMU's machine protocol.
@@ -18,6 +19,7 @@
 mod agent;
 mod cgroup;
 mod isolation;
+pub mod jail;
 mod memory;
 mod network;
 mod portforward;

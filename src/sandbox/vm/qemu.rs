@@ -3,7 +3,14 @@
 
 use std::{
     fs::File,
-    os::{fd::RawFd, unix::process::CommandExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::{
+            fs::MetadataExt,
+            net::{UnixListener, UnixStream},
+            process::CommandExt,
+        },
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -17,6 +24,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{
     super::{Error, Result},
+    jail::{self, Capability, Jail},
     memory,
 };
 use crate::oci::HypervisorConfig;
@@ -32,6 +40,9 @@ const KERNEL_PARAMS: &str = "console=ttyS0 no_timer_check rcupdate.rcu_expedited
 const SHARED_TAG: &str = "vessel";
 /// The name of the agent's virtio-serial port.
 const AGENT_PORT: &str = "agent.0";
+/// QEMU's seccomp filter: no obsolete system calls, no set*uid/set*gid, no fork or exec, no
+/// scheduler or resource limit changes.
+pub const SECCOMP: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +117,8 @@ pub fn record_kvm(usable: bool, reason: &str) {
 /// What a VM is started with, besides the hypervisor settings.
 #[derive(Debug, Clone)]
 pub struct Vm {
-    /// The host side of the agent's port (a unix socket QEMU listens on).
+    /// The host side of the agent's port (a unix socket the shim binds and QEMU listens on,
+    /// given as a descriptor). Its directory is the sandbox's state directory.
     pub agent_socket: PathBuf,
     /// The directory shared with the guest.
     pub shared_dir: PathBuf,
@@ -123,8 +135,50 @@ pub struct Vm {
     pub memory: memory::Layout,
     /// The vCPUs at boot (the configured default, or the pod's size when it is static).
     pub vcpus: u32,
-    /// QEMU's machine protocol socket (QMP), for hotplug.
+    /// QEMU's machine protocol socket (QMP), for hotplug (bound by the shim, like the
+    /// agent's).
     pub qmp_socket: PathBuf,
+}
+
+impl Vm {
+    /// The sandbox's state directory.
+    fn dir(&self) -> &Path {
+        self.agent_socket.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// The descriptors QEMU gets, numbered from 3 in this order: the tap (with a pod network), the
+/// agent's listening socket, QMP's, and the connection to virtiofsd (with virtio-fs). QEMU
+/// opens no socket by path, so its jail needs no state directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Descriptors {
+    tap: Option<i32>,
+    agent: i32,
+    qmp: i32,
+    virtio_fs: Option<i32>,
+    /// One past the last.
+    end: i32,
+}
+
+impl Descriptors {
+    fn of(vm: &Vm) -> Self {
+        let mut next = 3;
+        let mut take = || {
+            next += 1;
+            next - 1
+        };
+        let tap = vm.nic_mac.as_ref().map(|_| take());
+        let agent = take();
+        let qmp = take();
+        let virtio_fs = vm.virtio_fs_socket.as_ref().map(|_| take());
+        Self {
+            tap,
+            agent,
+            qmp,
+            virtio_fs,
+            end: next,
+        }
+    }
 }
 
 /// QEMU's arguments for `vm` with `config`, under `accelerator`.
@@ -162,7 +216,11 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
             format!("{}={}", p.key, p.value)
         }
     }));
+    let fds = Descriptors::of(vm);
     let mut args: Vec<String> = vec![
+        // The state directory names the process (see `is_ours`).
+        "-name".into(),
+        option_value(&vm.dir().to_string_lossy()),
         "-machine".into(),
         machine,
         "-cpu".into(),
@@ -189,11 +247,10 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         &vm.memory,
     ));
     args.extend([
-        "-qmp".into(),
-        format!(
-            "unix:{},server=on,wait=off",
-            option_value(&vm.qmp_socket.to_string_lossy())
-        ),
+        "-chardev".into(),
+        format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
     ]);
     if !config.firmware_path.is_empty() {
         // qboot, say: under TCG it starts the kernel about 0.5 s sooner than SeaBIOS.
@@ -203,21 +260,15 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         "-device".into(),
         "virtio-serial-pci,id=serial0".into(),
         "-chardev".into(),
-        format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            option_value(&vm.agent_socket.to_string_lossy())
-        ),
+        format!("socket,id=agent,fd={},server=on,wait=off", fds.agent),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
     ]);
-    match &vm.virtio_fs_socket {
+    match fds.virtio_fs {
         // vhost-user needs the guest's memory shared with virtiofsd (memory::arguments).
-        Some(socket) => args.extend([
+        Some(fd) => args.extend([
             "-chardev".into(),
-            format!(
-                "socket,id=vfs,path={}",
-                option_value(&socket.to_string_lossy())
-            ),
+            format!("socket,id=vfs,fd={fd}"),
             "-device".into(),
             format!("vhost-user-fs-pci,chardev=vfs,tag={SHARED_TAG}"),
         ]),
@@ -231,10 +282,10 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
             format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARED_TAG}"),
         ]),
     }
-    if let Some(mac) = &vm.nic_mac {
+    if let (Some(mac), Some(fd)) = (&vm.nic_mac, fds.tap) {
         args.extend([
             "-netdev".into(),
-            "tap,id=net0,fd=3,vhost=off".into(),
+            format!("tap,id=net0,fd={fd},vhost=off"),
             "-device".into(),
             format!("virtio-net-pci,netdev=net0,mac={mac}"),
         ]);
@@ -250,7 +301,87 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
             "virtio-rng-pci,rng=rng0".into(),
         ]);
     }
+    if !config.disable_seccomp {
+        args.extend(["-sandbox".into(), SECCOMP.into()]);
+    }
     args
+}
+
+/// QEMU's jail (see [`jail`]): what it opens, the capabilities the shared file system needs,
+/// and an unprivileged user of the sandbox's own.
+///
+/// The 9p server runs in QEMU and, with `security_model=none`, creates the guest's files with
+/// QEMU's credentials and then gives them the owner and mode the guest asked for: it keeps
+/// CAP_CHOWN (the owner), CAP_DAC_OVERRIDE (files and directories of any owner and mode, as
+/// root in the guest expects), CAP_FOWNER (the mode and times of files it does not own) and
+/// CAP_FSETID (set-user-ID and set-group-ID bits). With virtio-fs, virtiofsd does that and
+/// QEMU keeps nothing, CAP_DAC_OVERRIDE only to create a memory backend's file in a
+/// directory of root's. Never CAP_MKNOD: a device node it made in the shared directory, which
+/// is on the host, would open the host's devices.
+fn jail_of(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -> Jail {
+    let mut read_only: Vec<PathBuf> = [
+        config.hypervisor_path.as_str(),
+        config.kernel_path.as_str(),
+        config.initrd_path.as_str(),
+        config.firmware_path.as_str(),
+        // Read for memory QEMU does not reserve (virtio-mem's `reserve=off`).
+        "/proc/sys/vm/overcommit_memory",
+    ]
+    .into_iter()
+    .filter(|p| !p.is_empty())
+    .map(PathBuf::from)
+    .collect();
+    read_only.dedup();
+    let mut devices: Vec<PathBuf> = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    let entropy = PathBuf::from(&config.entropy_source);
+    if !config.entropy_source.is_empty() && !devices.contains(&entropy) {
+        devices.push(entropy);
+    }
+    let mut groups = Vec::new();
+    if accelerator == Accelerator::Kvm {
+        devices.push("/dev/kvm".into());
+        if let Ok(meta) = std::fs::metadata("/dev/kvm") {
+            groups.push(meta.gid());
+        }
+    }
+    let writable: Vec<PathBuf> = if config.huge_pages {
+        vec![memory::HUGEPAGES_DIR.into()]
+    } else if !config.file_backed_mem_root_dir.is_empty() {
+        vec![config.file_backed_mem_root_dir.clone().into()]
+    } else {
+        Vec::new()
+    };
+    let nine_p = vm.virtio_fs_socket.is_none();
+    let capabilities = if nine_p {
+        vec![
+            Capability::Chown,
+            Capability::DacOverride,
+            Capability::Fowner,
+            Capability::Fsetid,
+        ]
+    } else if !writable.is_empty() {
+        vec![Capability::DacOverride]
+    } else {
+        Vec::new()
+    };
+    let id = jail::unused_id(vm.dir());
+    Jail {
+        root: vm.dir().join("jail"),
+        read_only,
+        devices,
+        writable,
+        shared: nine_p.then(|| vm.shared_dir.clone()),
+        capabilities,
+        user: Some(jail::User {
+            uid: id,
+            gid: id,
+            groups,
+        }),
+        fds: Descriptors::of(vm).end,
+    }
 }
 
 /// `value` as the value of a QEMU option (`key=value,...`): a comma is doubled, so a path
@@ -267,9 +398,50 @@ pub struct Qemu {
     pub exited: tokio::sync::oneshot::Receiver<i32>,
 }
 
-/// Starts QEMU for `vm` with `config` under `accelerator`: its console (stdout) read into the
-/// shim's log when `config.debug` asks for it (bounded, see [`Console`]), else nowhere; its
-/// own messages to `vm.qemu_log`; `tap` as its descriptor 3. It dies with the shim.
+/// `fd` duplicated above the descriptors QEMU gets (close-on-exec), so that moving them into
+/// place in the child never overwrites another.
+fn high(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, owned by the OwnedFd.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
+    if new < 0 {
+        return Err(Error::io(
+            "duplicate a descriptor for QEMU",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `new` was just made and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// A unix socket listening at `path` (a stale one there replaced).
+fn listen(path: &Path) -> Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|e| Error::io(format!("listen on {}", path.display()), e))
+}
+
+/// The descriptors [`Descriptors::of`] numbers, in its order: the shim binds QEMU's sockets and
+/// connects to virtiofsd.
+fn open_descriptors(vm: &Vm, tap: Option<RawFd>) -> Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    if vm.nic_mac.is_some() {
+        let tap = tap.ok_or_else(|| Error::Unsupported("a guest NIC without a tap".into()))?;
+        fds.push(high(tap)?);
+    }
+    fds.push(high(listen(&vm.agent_socket)?.as_raw_fd())?);
+    fds.push(high(listen(&vm.qmp_socket)?.as_raw_fd())?);
+    if let Some(socket) = &vm.virtio_fs_socket {
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| Error::io(format!("connect to virtiofsd at {}", socket.display()), e))?;
+        fds.push(high(stream.as_raw_fd())?);
+    }
+    Ok(fds)
+}
+
+/// Starts QEMU for `vm` with `config` under `accelerator`, in its jail (see [`jail_of`]),
+/// through the shim binary's `jail` action: its console (stdout) read into the shim's log
+/// when `config.debug` asks for it (bounded, see [`Console`]), else nowhere; its own messages
+/// to `vm.qemu_log`; `tap` and its sockets as its descriptors (see [`Descriptors`]). It dies
+/// with the shim.
 pub async fn launch(
     config: &HypervisorConfig,
     vm: &Vm,
@@ -278,12 +450,22 @@ pub async fn launch(
 ) -> Result<Qemu> {
     let binary = &config.hypervisor_path;
     let args = arguments(config, vm, accelerator);
-    log::debug!("starting {binary} {}", args.join(" "));
+    let jail = jail_of(config, vm, accelerator);
+    log::debug!(
+        "starting {binary} {} (as uid {:?}, capabilities {:?})",
+        args.join(" "),
+        jail.user.as_ref().map(|u| u.uid),
+        jail.capabilities
+    );
+    std::fs::create_dir_all(&jail.root)
+        .map_err(|e| Error::io(format!("create {}", jail.root.display()), e))?;
     let log = File::create(&vm.qemu_log)
         .map_err(|e| Error::io(format!("create {}", vm.qemu_log.display()), e))?;
-    let mut command = Command::new(binary);
+    let fds = open_descriptors(vm, tap)?;
+    let sources: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut command = Command::new("/proc/self/exe");
     command
-        .args(&args)
+        .args(jail.arguments(std::process::id(), binary, &args))
         .stdin(Stdio::null())
         .stdout(if config.debug {
             Stdio::piped()
@@ -291,12 +473,14 @@ pub async fn launch(
             Stdio::null()
         })
         .stderr(log);
-    // SAFETY: prctl, dup2 and fcntl are async-signal-safe; nothing else runs between fork
-    // and exec.
+    // SAFETY: dup2 and prctl are async-signal-safe; nothing else runs between fork and exec
+    // (the jail is set up by the helper after its exec).
     unsafe {
         command.pre_exec(move || {
-            if let Some(tap) = tap {
-                pass_as_fd3(tap)?;
+            for (target, source) in (3..).zip(&sources) {
+                if libc::dup2(*source, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
@@ -312,6 +496,9 @@ pub async fn launch(
             return Err(Error::io(format!("start {binary}"), e));
         }
     };
+    // QEMU's copies only: a QEMU that died refuses the shim's connections, virtiofsd sees
+    // QEMU go.
+    drop(fds);
     let pid = child.id();
     if let Some(stdout) = child.stdout.take() {
         relay_console(stdout);
@@ -331,21 +518,6 @@ pub async fn launch(
         let _ = sender.send(code);
     });
     Ok(Qemu { pid, exited })
-}
-
-/// Makes descriptor `fd` the child's descriptor 3 (QEMU's `fd=3`); call between fork and exec.
-fn pass_as_fd3(fd: i32) -> std::io::Result<()> {
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch only descriptors.
-    unsafe {
-        if fd == 3 {
-            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        } else if libc::dup2(fd, 3) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// The longest console line logged; the rest of a longer one is dropped.
@@ -525,7 +697,7 @@ pub fn is_ours(pid: u32, dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::Param;
+    use crate::oci::{Param, SharedFs};
 
     fn vm() -> Vm {
         Vm {
@@ -573,15 +745,22 @@ mod tests {
         let args = arguments(&config, &two, Accelerator::Tcg);
         assert_eq!(value_of(&args, "-machine"), ["q35,accel=tcg"]);
         assert_eq!(value_of(&args, "-smp"), ["2,maxcpus=4"]);
-        assert_eq!(
-            value_of(&args, "-qmp"),
-            ["unix:/run/vessel/ns/s1/qmp.sock,server=on,wait=off"]
-        );
+        assert_eq!(value_of(&args, "-name"), ["/run/vessel/ns/s1"]);
         assert_eq!(
             value_of(&args, "-serial"),
             ["null"],
             "no console unless debugging"
         );
+        assert_eq!(value_of(&args, "-sandbox"), [SECCOMP]);
+        // The sockets are the shim's, given as descriptors.
+        assert_eq!(
+            value_of(&args, "-chardev"),
+            [
+                "socket,id=qmp,fd=4,server=on,wait=off",
+                "socket,id=agent,fd=3,server=on,wait=off"
+            ]
+        );
+        assert_eq!(value_of(&args, "-mon"), ["chardev=qmp,mode=control"]);
         assert_eq!(value_of(&args, "-m"), ["512M"]);
         assert_eq!(value_of(&args, "-kernel"), ["/usr/share/vessel/vmlinux"]);
         assert_eq!(
@@ -596,11 +775,6 @@ mod tests {
             append.ends_with("vessel.port=agent.0 agent.log=debug"),
             "{append}"
         );
-        let chardev = value_of(&args, "-chardev")[0];
-        assert!(
-            chardev.contains("path=/run/vessel/ns/s1/agent.sock"),
-            "{chardev}"
-        );
         assert!(value_of(&args, "-fsdev")[0].contains("path=/run/vessel/ns/s1/shared"));
         assert!(value_of(&args, "-object")[0].contains("filename=/dev/urandom"));
         assert_eq!(value_of(&args, "-bios"), ["/usr/share/qemu/qboot.rom"]);
@@ -611,6 +785,13 @@ mod tests {
         };
         let args = arguments(&config, &with_nic, Accelerator::Tcg);
         assert_eq!(value_of(&args, "-netdev"), ["tap,id=net0,fd=3,vhost=off"]);
+        assert_eq!(
+            value_of(&args, "-chardev"),
+            [
+                "socket,id=qmp,fd=5,server=on,wait=off",
+                "socket,id=agent,fd=4,server=on,wait=off"
+            ]
+        );
         assert!(value_of(&args, "-device")
             .contains(&"virtio-net-pci,netdev=net0,mac=6e:0a:12:34:56:78"));
         let virtio_fs = Vm {
@@ -619,6 +800,7 @@ mod tests {
         };
         let args = arguments(&config, &virtio_fs, Accelerator::Tcg);
         assert!(value_of(&args, "-fsdev").is_empty());
+        assert!(value_of(&args, "-chardev").contains(&"socket,id=vfs,fd=5"));
         assert!(value_of(&args, "-device").contains(&"vhost-user-fs-pci,chardev=vfs,tag=vessel"));
         assert!(
             value_of(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on")
@@ -629,10 +811,83 @@ mod tests {
         assert!(value_of(&kvm, "-append")[0].contains("tsc=reliable"));
         let debugging = HypervisorConfig {
             debug: true,
+            disable_seccomp: true,
             ..config.clone()
         };
         let args = arguments(&debugging, &vm(), Accelerator::Tcg);
         assert_eq!(value_of(&args, "-serial"), ["stdio"]);
+        assert!(value_of(&args, "-sandbox").is_empty());
+    }
+
+    #[test]
+    fn the_jail_holds_what_qemu_opens_and_the_capabilities_its_shared_fs_needs() {
+        let config = HypervisorConfig {
+            hypervisor_path: "/usr/bin/qemu-system-x86_64".into(),
+            kernel_path: "/srv/guest/vmlinux".into(),
+            initrd_path: "/srv/guest/initramfs.img".into(),
+            firmware_path: "/usr/share/qemu/qboot.rom".into(),
+            entropy_source: "/dev/urandom".into(),
+            shared_fs: SharedFs::Virtio9p,
+            ..Default::default()
+        };
+        let jail = jail_of(&config, &vm(), Accelerator::Tcg);
+        assert_eq!(jail.root, Path::new("/run/vessel/ns/s1/jail"));
+        let paths = |list: &[PathBuf]| -> Vec<String> {
+            list.iter().map(|p| p.display().to_string()).collect()
+        };
+        assert_eq!(
+            paths(&jail.read_only),
+            [
+                "/usr/bin/qemu-system-x86_64",
+                "/srv/guest/vmlinux",
+                "/srv/guest/initramfs.img",
+                "/usr/share/qemu/qboot.rom",
+                "/proc/sys/vm/overcommit_memory"
+            ]
+        );
+        assert_eq!(
+            paths(&jail.devices),
+            ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
+        );
+        assert!(jail.writable.is_empty());
+        assert_eq!(jail.shared, Some("/run/vessel/ns/s1/shared".into()));
+        assert_eq!(
+            jail.capabilities,
+            [
+                Capability::Chown,
+                Capability::DacOverride,
+                Capability::Fowner,
+                Capability::Fsetid
+            ]
+        );
+        let user = jail.user.expect("an unprivileged user");
+        assert!(user.uid >= jail::IDS_BASE && user.gid == user.uid);
+        assert_eq!(jail.fds, 5, "0-2, the agent's socket, QMP's");
+
+        // virtio-fs: virtiofsd serves the files, QEMU keeps nothing and sees no shared dir.
+        let virtio_fs = HypervisorConfig {
+            shared_fs: SharedFs::VirtioFs,
+            entropy_source: "/dev/hwrng".into(),
+            ..config.clone()
+        };
+        let with_daemon = Vm {
+            virtio_fs_socket: Some("/run/vessel/ns/s1/virtiofs.sock".into()),
+            nic_mac: Some("6e:0a:12:34:56:78".into()),
+            ..vm()
+        };
+        let jail = jail_of(&virtio_fs, &with_daemon, Accelerator::Kvm);
+        assert!(jail.capabilities.is_empty());
+        assert_eq!(jail.shared, None);
+        assert!(jail.devices.contains(&"/dev/hwrng".into()));
+        assert!(jail.devices.contains(&"/dev/kvm".into()));
+        assert_eq!(jail.fds, 7, "0-2, the tap, the sockets, virtiofsd");
+        let huge = HypervisorConfig {
+            huge_pages: true,
+            ..virtio_fs
+        };
+        let jail = jail_of(&huge, &with_daemon, Accelerator::Tcg);
+        assert_eq!(jail.writable, [PathBuf::from(memory::HUGEPAGES_DIR)]);
+        assert_eq!(jail.capabilities, [Capability::DacOverride]);
     }
 
     fn fed(console: &mut Console, bytes: &[u8], now: Instant) -> Vec<String> {

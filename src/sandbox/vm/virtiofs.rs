@@ -37,9 +37,11 @@ pub fn arguments(shared: &Path, socket: &Path, mode: VirtioFsCache) -> Vec<Strin
         format!("--socket-path={}", socket.display()),
         format!("--shared-dir={}", shared.display()),
         format!("--cache={}", cache(mode)),
-        // A chroot rather than a mount namespace of its own, so that it sees the mounts
-        // the backend makes after it started.
-        "--sandbox=chroot".into(),
+        // Its own sandbox: new mount, PID and network namespaces whose root is the shared
+        // directory; that is a slave of `mounts/`, a shared mount (`shared::export`), and so
+        // is its copy there, which receives the mounts the backend makes after it started.
+        // Its seccomp filter and reduced capabilities are its defaults.
+        "--sandbox=namespace".into(),
         "--announce-submounts".into(),
     ]
 }
@@ -113,5 +115,6 @@ mod tests {
         assert!(args.contains(&"--socket-path=/run/vessel/ns/s1/virtiofs.sock".to_string()));
         assert!(args.contains(&"--cache=never".to_string()));
         assert!(args.contains(&"--announce-submounts".to_string()));
+        assert!(args.contains(&"--sandbox=namespace".to_string()));
     }
 }
