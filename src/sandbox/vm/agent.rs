@@ -738,20 +738,32 @@ pub async fn connect(
     deadline: Instant,
     mut gone: impl FnMut() -> Option<String>,
 ) -> Result<Agent> {
+    // One connection, asked again until the agent answers: a request QEMU already passed to
+    // the guest is answered on the connection it came from. (A new connection for each
+    // attempt got the answer to an earlier attempt's request, an answer to nothing.)
+    let mut agent: Option<Agent> = None;
     loop {
-        // Bounded as a whole: a QEMU that dies between accepting and answering must not
-        // leave an attempt waiting on a connection nobody serves.
-        let attempt = async {
-            let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
-            let agent = Agent::new(stream, Limits::default());
+        if agent.is_none() {
+            agent = tokio::net::UnixStream::connect(socket)
+                .await
+                .ok()
+                .map(|stream| Agent::new(stream, Limits::default()));
+        }
+        if let Some(connected) = &agent {
             let check = ttrpc::context::with_timeout(CONNECT_CHECK_TIMEOUT.as_nanos() as i64);
-            match agent.check(check, &api::Empty::default()).await {
-                Ok(reply) if reply.serving => Some(agent),
-                _ => None,
+            // Bounded as a whole: a QEMU that dies between accepting and answering must not
+            // leave an attempt waiting on a connection nobody serves.
+            let empty = api::Empty::default();
+            let asked = connected.check(check, &empty);
+            match tokio::time::timeout(CONNECT_CHECK_TIMEOUT * 2, asked).await {
+                Ok(Ok(reply)) if reply.serving => {
+                    return Ok(agent.take().expect("the connection just asked"))
+                }
+                // Not answered yet: ask again on the same connection.
+                Ok(Err(CallError::Timeout(_))) | Err(_) => {}
+                // A connection that failed or broke the protocol: a new one.
+                Ok(_) => agent = None,
             }
-        };
-        if let Ok(Some(agent)) = tokio::time::timeout(CONNECT_CHECK_TIMEOUT * 2, attempt).await {
-            return Ok(agent);
         }
         if let Some(reason) = gone() {
             return Err(Error::Unavailable(reason));
