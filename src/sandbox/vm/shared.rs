@@ -152,7 +152,11 @@ fn open_beneath(root: &Path, target: &Path, directory: bool) -> std::io::Result<
     })?;
     let how = |flags: OFlag| {
         // openat2 takes a mode only with O_CREAT.
-        let mode = if flags.contains(OFlag::O_CREAT) { 0o644 } else { 0 };
+        let mode = if flags.contains(OFlag::O_CREAT) {
+            0o644
+        } else {
+            0
+        };
         OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
             .mode(Mode::from_bits_truncate(mode))
