@@ -522,26 +522,7 @@ async fn stop_of_a_container_that_just_exited_succeeds() {
             .unwrap_or_else(|e| panic!("StopContainer of {id}, exited: {e:?}"));
         // containerd 1.6 may answer StopContainer between deleting the exited task and
         // recording the exit; kubelet removes the container once it is seen exited.
-        let mut exited = false;
-        for _ in 0..100 {
-            let status = cri
-                .runtime
-                .container_status(ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                })
-                .await
-                .expect("ContainerStatus")
-                .into_inner()
-                .status
-                .expect("a status");
-            if status.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
-                exited = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(exited, "{id} seen exited within 10 s");
+        cri.wait_exited(&id).await;
         cri.runtime
             .remove_container(RemoveContainerRequest { container_id: id })
             .await
@@ -574,23 +555,7 @@ async fn a_read_only_volume_keeps_the_mounts_under_it_writable_and_the_hosts() {
         readonly: true,
         ..Default::default()
     }];
-    let id = cri
-        .runtime
-        .create_container(k8s_cri::v1::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    cri.runtime
-        .start_container(k8s_cri::v1::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let id = cri.create_and_start(&pod, &config, container).await;
     let written = cri
         .exec_sh(&id, "touch /mnt/tmpfs/file && echo written")
         .await;
