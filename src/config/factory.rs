@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::Error;
 use crate::oci::FactoryConfig;
 
 /// `[factory]`.
@@ -30,6 +31,27 @@ impl Default for FactorySection {
 }
 
 impl FactorySection {
+    /// Refuses what this build cannot do rather than ignore it: VMs are booted, not cloned
+    /// from a template nor taken from a cache.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.enable_template {
+            return Err(Error::invalid(
+                "factory.enable_template",
+                "VM templates are not available in this build (accepted: false)",
+            ));
+        }
+        if self.vm_cache_number > 0 {
+            return Err(Error::invalid(
+                "factory.vm_cache_number",
+                format!(
+                    "{}: a VM cache is not supported (accepted: 0); each pod boots its VM",
+                    self.vm_cache_number
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The factory settings of a conversion.
     pub fn factory_config(&self) -> FactoryConfig {
         FactoryConfig {

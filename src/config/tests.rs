@@ -182,7 +182,7 @@ fn valid_settings_reach_the_runtime_config() {
                 kernel_params = \"quiet a=b\"\nenable_swap = true\ndefault_vcpus = 0\n\
                 enable_annotations = [\"kernel\", \"runtime.experimental\", \"io.katacontainers.config.agent.trace_mode\"]\n\
                 [runtime]\nexperimental = [\"vm_backend\"]\noci_runtime = \"/usr/local/bin/crun\"\n\
-                [agent.vessel]\nkernel_modules = [\"i915\"]\n[factory]\nvm_cache_number = 3\n";
+                [agent.vessel]\nkernel_modules = [\"i915\"]\n[factory]\nvm_cache_number = 0\n";
     let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
     let rt = c.runtime_config().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rt.hypervisor_config.kernel_params.len(), 2);
@@ -190,8 +190,22 @@ fn valid_settings_reach_the_runtime_config() {
     assert_eq!(rt.hypervisor_config.num_vcpus, 1);
     assert_eq!(rt.experimental.len(), 1);
     assert_eq!(rt.agent_config.kernel_modules, ["i915"]);
-    assert_eq!(rt.factory_config.vm_cache_number, 3);
+    assert_eq!(rt.factory_config.vm_cache_number, 0);
     assert_eq!(rt.annotation_policy.enable_annotations.len(), 3);
+}
+
+#[test]
+fn what_the_factory_cannot_do_is_refused_not_ignored() {
+    let e = file_error("[factory]\nvm_cache_number = 3\n");
+    assert!(
+        e.contains("factory.vm_cache_number") && e.contains("accepted: 0"),
+        "{e}"
+    );
+    let e = file_error("[factory]\nenable_template = true\n");
+    assert!(
+        e.contains("factory.enable_template") && e.contains("accepted: false"),
+        "{e}"
+    );
 }
 
 #[test]
