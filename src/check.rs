@@ -186,6 +186,19 @@ pub fn check(config: &Config) -> Vec<Finding> {
         needed(vm),
         "make guest && make install",
     );
+    // The kernel modules a guest loads on demand sit beside its initrd.
+    let modules = Path::new(&qemu.initrd)
+        .parent()
+        .map(|dir| dir.join("modules"))
+        .unwrap_or_default();
+    check_file(
+        &mut findings,
+        "guest modules on demand",
+        &modules.to_string_lossy(),
+        Verdict::Warn,
+        "without them a privileged container cannot add a bridge, a veth pair, netfilter rules \
+         or an overlay mount in its VM; make guest && make install puts them beside the initrd",
+    );
     if qemu.enable_hugepages {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         findings.push(huge_pages(

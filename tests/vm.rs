@@ -585,6 +585,7 @@ fn check_tells_what_this_host_can_do_for_the_vm_backend() {
         "ok    QEMU",
         "ok    guest kernel",
         "ok    guest initrd",
+        "ok    guest modules on demand",
         "  KVM: ",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
