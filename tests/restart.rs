@@ -9,8 +9,7 @@ use std::{sync::Mutex, time::Duration};
 
 use common::{cri::*, ctr::*, *};
 use k8s_cri::v1::{
-    ContainerState, ContainerStatusRequest, ExecSyncRequest, NamespaceMode, RemoveContainerRequest,
-    StopContainerRequest,
+    ContainerState, ExecSyncRequest, NamespaceMode, RemoveContainerRequest, StopContainerRequest,
 };
 
 /// Held by each test: one containerd restart at a time.
@@ -143,17 +142,7 @@ async fn cri_pod_across_a_restart() {
         .await
         .expect("StopContainer hears of the exit")
         .expect("StopContainer after the restart");
-    let status = cri
-        .runtime
-        .container_status(ContainerStatusRequest {
-            container_id: app.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let status = cri.status(&app).await;
     assert_eq!(
         status.state,
         ContainerState::ContainerExited as i32,

@@ -74,6 +74,23 @@ fn qemus_of(id: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Kills detached task `id` (SIGKILL), removes it and its container, waits for its shim to
+/// exit and checks nothing is left; `ctr task rm`'s stderr (its exit status).
+fn kill_and_remove(id: &str) -> String {
+    ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    wait_status(id, "STOPPED");
+    let out = ctr(&["task", "rm", id]);
+    assert_success("ctr task rm", &out);
+    ctr_ok(&["containers", "rm", id]);
+    assert!(
+        wait_until(CLEANUP_GRACE, || shims_of(id).is_empty()),
+        "the shim exits"
+    );
+    assert!(qemus_of(id).is_empty(), "the VM is gone");
+    assert_no_leftovers(id);
+    stderr(&out)
+}
+
 fn kill_9(pid: u32) {
     let status = Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -179,18 +196,8 @@ fn a_detached_task_in_a_vm_through_its_life() {
         "the guest's cgroup figures:\n{metrics}"
     );
 
-    ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    wait_status(&id, "STOPPED");
-    let out = ctr(&["task", "rm", &id]);
-    assert_success("ctr task rm", &out);
-    assert!(stderr(&out).contains("137"), "exit 137: {}", stderr(&out));
-    ctr_ok(&["containers", "rm", &id]);
-    assert!(
-        wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()),
-        "the shim exits"
-    );
-    assert!(qemus_of(&id).is_empty(), "the VM is gone");
-    assert_no_leftovers(&id);
+    let status = kill_and_remove(&id);
+    assert!(status.contains("137"), "exit 137: {status}");
 }
 
 #[test]
@@ -1104,15 +1111,7 @@ fn the_shared_directory_is_read_only_for_the_guest_but_its_containers_root() {
         !state.join("mounts").join("planted").exists(),
         "nothing reached the host's side"
     );
-    ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    wait_status(&id, "STOPPED");
-    ctr_ok(&["task", "rm", &id]);
-    ctr_ok(&["containers", "rm", &id]);
-    assert!(
-        wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()),
-        "the shim exits"
-    );
-    assert_no_leftovers(&id);
+    kill_and_remove(&id);
 }
 
 /// `ctr run -d --privileged` of `cmd` in a VM of configuration file `config`; returns once the
@@ -1248,12 +1247,7 @@ fn a_guest_flooding_its_console_costs_the_host_nothing() {
         }
         let out = ctr(&["task", "exec", "--exec-id", "after", &id, "echo", "alive"]);
         assert_eq!(stdout(&out), "alive\n", "{what}: {}", stderr(&out));
-        ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-        wait_status(&id, "STOPPED");
-        ctr_ok(&["task", "rm", &id]);
-        ctr_ok(&["containers", "rm", &id]);
-        assert!(wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()));
-        assert_no_leftovers(&id);
+        kill_and_remove(&id);
     }
 }
 
@@ -1350,11 +1344,6 @@ fn qemu_runs_confined() {
                 "virtiofsd's seccomp filter"
             );
         }
-        ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-        wait_status(&id, "STOPPED");
-        ctr_ok(&["task", "rm", &id]);
-        ctr_ok(&["containers", "rm", &id]);
-        assert!(wait_until(CLEANUP_GRACE, || shims_of(&id).is_empty()));
-        assert_no_leftovers(&id);
+        kill_and_remove(&id);
     }
 }

@@ -129,20 +129,24 @@ impl Cri {
             .expect("RemoveContainer");
     }
 
+    /// ContainerStatus of container `id`.
+    pub async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("a status")
+    }
+
     /// Waits (up to two minutes) until container `id` exited; its status.
     pub async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
         for _ in 0..1200 {
-            let status = self
-                .runtime
-                .container_status(ContainerStatusRequest {
-                    container_id: id.to_string(),
-                    verbose: false,
-                })
-                .await
-                .expect("ContainerStatus")
-                .into_inner()
-                .status
-                .expect("a status");
+            let status = self.status(id).await;
             if status.state == ContainerState::ContainerExited as i32 {
                 return status;
             }
