@@ -16,6 +16,9 @@ pub struct BootParams {
     pub port: String,
     /// `vessel.msize_9p=<bytes>`: the largest 9p message, for a 9p shared directory.
     pub msize_9p: u32,
+    /// `vessel.template=1`: the VM is saved as a template once the agent serves, so every
+    /// driver is loaded before it does.
+    pub template: bool,
 }
 
 impl BootParams {
@@ -26,12 +29,14 @@ impl BootParams {
             shared_fs: "virtio-9p".into(),
             port: "agent.0".into(),
             msize_9p: DEFAULT_MSIZE_9P,
+            template: false,
         };
         for word in cmdline.split_whitespace() {
             match word.split_once('=') {
                 Some(("vessel.debug", v)) => params.debug = v == "1" || v == "true",
                 Some(("vessel.shared_fs", v)) => params.shared_fs = v.into(),
                 Some(("vessel.port", v)) => params.port = v.into(),
+                Some(("vessel.template", v)) => params.template = v == "1",
                 Some(("vessel.msize_9p", v)) => match v.parse() {
                     Ok(msize) if msize > 0 => params.msize_9p = msize,
                     _ => log::warn!(
@@ -191,7 +196,7 @@ mod tests {
     fn boot_params_come_from_the_kernel_command_line() {
         let params = BootParams::parse(
             "quiet console=ttyS0 vessel.debug=1 vessel.port=agent.1 vessel.shared_fs=virtio-fs \
-             vessel.msize_9p=65536",
+             vessel.msize_9p=65536 vessel.template=1",
         );
         assert_eq!(
             params,
@@ -200,10 +205,12 @@ mod tests {
                 shared_fs: "virtio-fs".into(),
                 port: "agent.1".into(),
                 msize_9p: 65536,
+                template: true,
             }
         );
         let defaults = BootParams::parse("quiet vessel.msize_9p=0 vessel.msize_9p=big");
         assert_eq!(defaults.port, "agent.0");
         assert_eq!(defaults.msize_9p, DEFAULT_MSIZE_9P);
+        assert!(!defaults.template);
     }
 }
