@@ -937,6 +937,58 @@ mod tests {
         assert_eq!(jail.capabilities, [Capability::DacOverride]);
     }
 
+    #[test]
+    fn a_template_is_saved_from_a_shared_file_and_cloned_privately_paused() {
+        let config = HypervisorConfig {
+            kernel_path: "/srv/guest/vmlinux".into(),
+            shared_fs: SharedFs::Virtio9p,
+            ..Default::default()
+        };
+        let image = PathBuf::from("/run/vessel/vm/template/k1/image");
+        let saved = Vm {
+            template: Some(TemplateRole::Save(image.clone())),
+            ..vm()
+        };
+        let args = arguments(&config, &saved, Accelerator::Tcg);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-file,id=mem,size=512M,mem-path=/run/vessel/vm/template/k1/image/memory,share=on"]
+        );
+        assert_eq!(value_of(&args, "-numa"), ["node,memdev=mem"]);
+        assert!(value_of(&args, "-device").contains(&"vmgenid,guid=auto"));
+        assert!(!args.contains(&"-S".to_string()));
+        let jail = jail_of(&config, &saved, Accelerator::Tcg);
+        assert_eq!(
+            jail.writable,
+            std::slice::from_ref(&image),
+            "QEMU writes the template"
+        );
+        assert!(!jail.read_only.contains(&image));
+
+        let clone = Vm {
+            template: Some(TemplateRole::Clone(image.clone())),
+            ..vm()
+        };
+        let args = arguments(&config, &clone, Accelerator::Tcg);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-file,id=mem,size=512M,mem-path=/run/vessel/vm/template/k1/image/memory,share=off,readonly=on,rom=off"]
+        );
+        assert!(value_of(&args, "-device").contains(&"vmgenid,guid=auto"));
+        assert_eq!(value_of(&args, "-incoming"), ["defer"]);
+        assert!(args.contains(&"-S".to_string()), "paused until restored");
+        let jail = jail_of(&config, &clone, Accelerator::Tcg);
+        assert!(
+            jail.read_only.contains(&image),
+            "a clone reads the template"
+        );
+        assert!(jail.writable.is_empty());
+        assert_eq!(
+            TemplateRole::Clone(image).state(),
+            Path::new("/run/vessel/vm/template/k1/image/state")
+        );
+    }
+
     fn fed(console: &mut Console, bytes: &[u8], now: Instant) -> Vec<String> {
         let mut lines = Vec::new();
         console.feed(bytes, now, &mut |l| lines.push(l));
