@@ -226,6 +226,31 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
     assert!(healthy(client).await);
     let version = client.version(ctx(), &api::Empty::default()).await.unwrap();
     assert_eq!(version.protocol_version, vessel::protos::PROTOCOL_VERSION);
+    // The sandbox made the guest's (in a VM: the shared directory mounted, the host's clock
+    // and randomness); bounds first, then again is no error.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let start = api::StartSandboxRequest {
+        random_seed: vec![0x5a; 512],
+        time_sec: now.as_secs() as i64,
+        time_nsec: now.subsec_nanos(),
+        hostname: "scenario".into(),
+        ..Default::default()
+    };
+    let flood = api::StartSandboxRequest {
+        random_seed: vec![0; 4097],
+        ..start.clone()
+    };
+    let (refused, message) = code(client.start_sandbox(ctx(), &flood).await);
+    assert_eq!(refused, ttrpc::Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.starts_with("random_seed"), "{message}");
+    for _ in 0..2 {
+        client
+            .start_sandbox(ctx(), &start)
+            .await
+            .expect("StartSandbox");
+    }
     let rootfs = busybox_rootfs(shared, "pod");
 
     // The VM's CPUs and memory: at least the one vCPU online, and its MemTotal (the agent as a

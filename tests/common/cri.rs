@@ -161,7 +161,7 @@ impl Cri {
             .exec_sync(ExecSyncRequest {
                 container_id: id.to_string(),
                 cmd: vec!["sh".into(), "-c".into(), script.into()],
-                timeout: 30,
+                timeout: 120,
             })
             .await
             .expect("ExecSync")
