@@ -16,6 +16,8 @@ pub struct BootParams {
     pub port: String,
     /// `vessel.msize_9p=<bytes>`: the largest 9p message, for a 9p shared directory.
     pub msize_9p: u32,
+    /// `vessel.runtime=<path>|builtin`: the OCI runtime binary (crun), or the agent's own.
+    pub runtime: String,
 }
 
 impl BootParams {
@@ -26,12 +28,14 @@ impl BootParams {
             shared_fs: "virtio-9p".into(),
             port: "agent.0".into(),
             msize_9p: DEFAULT_MSIZE_9P,
+            runtime: DEFAULT_RUNTIME.into(),
         };
         for word in cmdline.split_whitespace() {
             match word.split_once('=') {
                 Some(("vessel.debug", v)) => params.debug = v == "1" || v == "true",
                 Some(("vessel.shared_fs", v)) => params.shared_fs = v.into(),
                 Some(("vessel.port", v)) => params.port = v.into(),
+                Some(("vessel.runtime", v)) => params.runtime = v.into(),
                 Some(("vessel.msize_9p", v)) => match v.parse() {
                     Ok(msize) if msize > 0 => params.msize_9p = msize,
                     _ => log::warn!(
@@ -45,6 +49,9 @@ impl BootParams {
         params
     }
 }
+
+/// The guest's OCI runtime when the host names none.
+const DEFAULT_RUNTIME: &str = "/usr/bin/crun";
 
 /// The 9p message size when the host names none.
 const DEFAULT_MSIZE_9P: u32 = 262144;
@@ -191,7 +198,7 @@ mod tests {
     fn boot_params_come_from_the_kernel_command_line() {
         let params = BootParams::parse(
             "quiet console=ttyS0 vessel.debug=1 vessel.port=agent.1 vessel.shared_fs=virtio-fs \
-             vessel.msize_9p=65536",
+             vessel.msize_9p=65536 vessel.runtime=builtin",
         );
         assert_eq!(
             params,
@@ -200,10 +207,12 @@ mod tests {
                 shared_fs: "virtio-fs".into(),
                 port: "agent.1".into(),
                 msize_9p: 65536,
+                runtime: "builtin".into(),
             }
         );
         let defaults = BootParams::parse("quiet vessel.msize_9p=0 vessel.msize_9p=big");
         assert_eq!(defaults.port, "agent.0");
+        assert_eq!(defaults.runtime, DEFAULT_RUNTIME);
         assert_eq!(defaults.msize_9p, DEFAULT_MSIZE_9P);
     }
 }
