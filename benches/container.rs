@@ -8,7 +8,8 @@
 //! - exec, exec output: ExecProcess of `echo` in it, then its first output.
 //!
 //! `cargo bench --bench container` (env: `VESSEL_GUEST_DIR`, default build/guest; `N`
-//! rounds, default 5; `RUNTIMES`, default `/usr/bin/crun builtin`).
+//! rounds, default 5; `RUNTIMES`, default `/usr/bin/crun builtin`; `PARAMS`, more kernel
+//! parameters, e.g. `vessel.debug=1`; `CONSOLE` set: each guest's console printed).
 
 #[path = "../tests/common/agent.rs"]
 #[allow(dead_code)]
@@ -84,7 +85,9 @@ async fn round(runtime: &str) -> Vec<Duration> {
     let shared = dir.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let rootfs = agent::busybox_rootfs(&shared, "pod");
-    let mut guest = Guest::boot_with(dir.path(), &shared, &format!("vessel.runtime={runtime}"));
+    let params = std::env::var("PARAMS").unwrap_or_default();
+    let params = format!("vessel.runtime={runtime} {params}");
+    let mut guest = Guest::boot_with(dir.path(), &shared, &params);
     let client = guest.connect(Duration::from_secs(120)).await;
     let mut figures = Vec::new();
 
@@ -149,6 +152,9 @@ async fn round(runtime: &str) -> Vec<Duration> {
         .expect("remove long");
     agent::destroy(&client).await;
     let _ = guest.exited(Duration::from_secs(30)).await;
+    if std::env::var_os("CONSOLE").is_some() {
+        eprintln!("{}", guest.console_text());
+    }
     figures
 }
 

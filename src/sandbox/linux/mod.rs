@@ -194,6 +194,12 @@ impl LinuxSandbox {
             .create(&req.id, &req.bundle, prepared.engine_io());
         let since = SystemTime::now();
         let (pid, io, master) = prepared.launch(req.stdio, launch).await?;
+        log::debug!(
+            "{} created {} in {} ms",
+            self.engine.name(),
+            req.id,
+            since.elapsed().unwrap_or_default().as_millis()
+        );
         if let Some(master) = master {
             lock(&self.consoles).insert((req.id.clone(), String::new()), master);
         }
