@@ -108,7 +108,7 @@ async fn run_scenario(runtime: &str) {
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket left behind");
     assert!(!state.join("sandbox").exists(), "runtime state left behind");
-    for id in ["echo", "long", "oom"] {
+    for id in ["echo", "tty", "long", "oom"] {
         assert!(
             !state.join("bundles").join(id).exists(),
             "bundle of {id} left behind"
