@@ -111,7 +111,8 @@ unit-test:
 # The integration tests run twice: against the system's containerd (1.6 on bookworm) and
 # against containerd 2.x, Debian unstable's, unpacked under build/ and never installed
 # (scripts/deps.sh sid). Each pass starts its own private containerd, runs tests/*.rs against
-# it, then the ctr and CRI tests again on the vm backend, and stops it again. Both are always
+# it, then the ctr and CRI tests again on the vm backend (booted VMs on 1.6, VMs cloned from a
+# template on 2.x), and stops it again. Both are always
 # stopped (also on failure or Ctrl-C); a failed pass does not skip the other one, and the exit
 # code says whether both passed.
 CONTAINERD_2 := $(BUILD_DIR)/containerd-2
@@ -129,25 +130,25 @@ integration-test:
 	trap 'exit 130' INT TERM; \
 	summary=""; rc=0; \
 	pass() { \
-		local dir=$$1 bin=$$2 tests=$$3 start=$$SECONDS version ok=1; \
+		local dir=$$1 bin=$$2 tests=$$3 vm=$$4 start=$$SECONDS version ok=1; \
 		if ! SHIM_DIR=$(DEBUG_DIR) CONTAINERD_BIN_DIR="$$bin" $(CONTAINERD_SH) start "$$dir"; then \
 			summary="$$summary== containerd $${bin:-system}: did not start"$$'\n'; return 1; fi; \
 		version=$$(cat "$$dir/containerd.version"); \
 		echo "== containerd $$version ($${bin:-system}): tests $$tests"; \
 		VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' \
-			$(CARGO) test $$(printf -- '--test %s ' $$tests) -- --test-threads=$(TEST_THREADS) || ok=0; \
+			$(CARGO) test --no-fail-fast $$(printf -- '--test %s ' $$tests) -- --test-threads=$(TEST_THREADS) || ok=0; \
 		if [ $$ok = 1 ]; then \
-			echo "== containerd $$version: the ctr and CRI tests again, every container in a VM (VESSEL_TEST_BACKEND=vm)"; \
-			VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_TEST_BACKEND=vm \
-				$(CARGO) test --test ctr --test cri -- --test-threads=$(TEST_THREADS) || ok=0; \
+			echo "== containerd $$version: the ctr and CRI tests again, every container in a VM (VESSEL_TEST_BACKEND=$$vm)"; \
+			VESSEL_TEST_CONTAINERD="$$dir" VESSEL_GUEST_DIR='$(GUEST_DIR)' VESSEL_TEST_BACKEND=$$vm \
+				$(CARGO) test --no-fail-fast --test ctr --test cri -- --test-threads=$(TEST_THREADS) || ok=0; \
 		fi; \
 		$(CONTAINERD_SH) stop "$$dir" || ok=0; \
 		summary="$$summary== containerd $$version: $$([ $$ok = 1 ] && echo passed || echo FAILED) in $$((SECONDS - start)) s"$$'\n'; \
 		[ $$ok = 1 ]; \
 	}; \
-	pass '$(TEST_CONTAINERD)' '' '$(TEST_NAMES)' || rc=1; \
+	pass '$(TEST_CONTAINERD)' '' '$(TEST_NAMES)' vm || rc=1; \
 	pass '$(TEST_CONTAINERD_2)' '$(CONTAINERD_2)/usr/bin' \
-		'$(filter-out $(CONTAINERD_FREE_TESTS),$(TEST_NAMES))' || rc=1; \
+		'$(filter-out $(CONTAINERD_FREE_TESTS),$(TEST_NAMES))' vm-template || rc=1; \
 	printf '%s' "$$summary"; \
 	exit $$rc
 

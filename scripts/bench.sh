@@ -3,9 +3,10 @@
 #   1. median wall time of N `ctr run --rm ... busybox true` per runtime
 #   2. RSS (VmRSS) and PSS (smaps_rollup) of one idle shim per runtime,
 #      each serving a `sleep 1000` container
-#   3. the vm backend: median time from `ctr run` to the container's first output, beside a
-#      bare boot of the same kernel and initramfs to init (the floor), and the PSS of one
-#      idle pod (its shim and its QEMU)
+#   3. the vm backend: median time from `ctr run` to the container's first output from a VM
+#      cloned from a template and from a booted one, beside a bare boot of the same kernel
+#      and initramfs to init (the floor), interleaved; the PSS of one idle pod (its shim and
+#      its QEMU) and of three idle pods cloned from one template
 #      and the time of a VM's hot-add (TCG): 1 GiB of memory (virtio-mem), 2 vCPUs (ACPI
 #      hotplug, onlined by the agent), as the shim logs its resize of the pod's VM
 #   4. `cargo bench --bench convert` (OCI spec conversion core)
@@ -33,6 +34,7 @@ cleanup() { "$REPO/scripts/containerd.sh" stop "$DIR"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 SHIM_DIR="$SHIM_DIR" "$REPO/scripts/containerd.sh" start "$DIR"
+SHIM_BIN=$SHIM_DIR/containerd-shim-vessel-v2
 SOCK=$DIR/containerd.sock
 c() { timeout 120 ctr --address "$SOCK" "$@" </dev/null; }
 
@@ -102,18 +104,20 @@ memory() {
 
 VM_N=${VM_N:-5}
 VM_CONFIG=$DIR/vessel-vm.toml
+VM_TEMPLATE_CONFIG=$DIR/vessel-vm-template.toml
 GUEST=${VESSEL_GUEST_DIR:-$REPO/build/guest}
 KERNEL_PARAMS="console=ttyS0 clocksource=hpet tsc=unstable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1"
 
 median_of() { sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f\n", m }'; }
 
-# ms from `ctr run` (vm backend) to the first line the container prints, or "failed"
+# ms from `ctr run` (vm backend, configuration CONFIG) to the first line the container
+# prints, or "failed"
 vm_first_output_once() {
-    local i=$1 t0 stamp
+    local i=$1 config=$2 t0 stamp
     stamp=$(mktemp "$DIR/first.XXXXXX")
     t0=$(now_ns)
-    if c run --rm --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "bench-vm-$$-$i" \
+    if c run --rm --runtime "$VESSEL" --runtime-config-path "$config" "$IMAGE" "bench-vm-$$-$i" \
         echo first-output | { IFS= read -r _ && now_ns >"$stamp"; cat >/dev/null; }; then
         echo $((($(cat "$stamp") - t0) / 1000000))
     else
@@ -148,31 +152,62 @@ vm_floor_once() {
     echo $(((t1 - t0) / 1000000))
 }
 
-# "first_output_ms floor_ms": medians of VM_N runs each, interleaved so that a host whose
-# speed drifts (TCG on a shared machine) weighs on both alike
+# "template_ms boot_ms floor_ms": medians of VM_N runs each of the first output from a VM
+# cloned from a template, from a booted VM, and of the bare boot, interleaved so that a host
+# whose speed drifts (TCG on a shared machine) weighs on all alike
 vm_first_output_and_floor() {
-    local i first floor firsts=() floors=()
+    local i clone first floor clones=() firsts=() floors=()
     for ((i = 0; i < VM_N; i++)); do
-        first=$(vm_first_output_once "$i")
+        clone=$(vm_first_output_once "t$i" "$VM_TEMPLATE_CONFIG")
+        first=$(vm_first_output_once "$i" "$VM_CONFIG")
         floor=$(vm_floor_once)
-        [ "$first" != failed ] && [ "$floor" != failed ] || { echo "failed failed"; return 0; }
+        [ "$clone" != failed ] && [ "$first" != failed ] && [ "$floor" != failed ] ||
+            { echo "failed failed failed"; return 0; }
+        clones+=("$clone")
         firsts+=("$first")
         floors+=("$floor")
     done
-    echo "$(printf '%s\n' "${firsts[@]}" | median_of) $(printf '%s\n' "${floors[@]}" | median_of)"
+    echo "$(printf '%s\n' "${clones[@]}" | median_of) $(printf '%s\n' "${firsts[@]}" | median_of)" \
+        "$(printf '%s\n' "${floors[@]}" | median_of)"
 }
 
-# PSS (KiB) of one idle vm pod: its shim and its QEMU
-vm_pod_pss() {
-    local id="bench-vm-idle-$$" shim qemu pss=0 p
-    c run -d --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "$id" sleep 1000 >/dev/null 2>&1 ||
-        { echo failed; return 0; }
-    sleep 3
+# PSS (KiB) of one idle vm pod of configuration CONFIG named ID, started already: its shim
+# and its QEMU, "total shim qemu"
+pod_pss() {
+    local id=$1 shim qemu p pss=0
     shim=$(shim_pid containerd-shim-vessel-v2 "$id") || { echo failed; return 0; }
     qemu=$(pgrep -f "qemu-system-x86_64 .*/$id/agent.sock" | head -n 1)
     [ -n "$qemu" ] || { echo failed; return 0; }
     for p in "$shim" "$qemu"; do pss=$((pss + $(kb "/proc/$p/smaps_rollup" Pss))); done
     echo "$pss $(kb "/proc/$shim/smaps_rollup" Pss) $(kb "/proc/$qemu/smaps_rollup" Pss)"
+}
+
+# PSS (KiB) of one idle vm pod: its shim and its QEMU
+vm_pod_pss() {
+    local id="bench-vm-idle-$$"
+    c run -d --runtime "$VESSEL" --runtime-config-path "$VM_CONFIG" "$IMAGE" "$id" sleep 1000 >/dev/null 2>&1 ||
+        { echo failed; return 0; }
+    sleep 3
+    pod_pss "$id"
+}
+
+# PSS (KiB) of three idle pods cloned from one template, measured together (the template's
+# pages are shared between them): "per_pod total shim qemu" (the last two of the first pod)
+vm_template_pods_pss() {
+    local n id first="" total=0 line
+    for n in 1 2 3; do
+        c run -d --runtime "$VESSEL" --runtime-config-path "$VM_TEMPLATE_CONFIG" "$IMAGE" \
+            "bench-tpl-idle-$$-$n" sleep 1000 >/dev/null 2>&1 || { echo failed; return 0; }
+    done
+    sleep 3
+    for n in 1 2 3; do
+        id="bench-tpl-idle-$$-$n"
+        line=$(pod_pss "$id")
+        [ "$line" != failed ] || { echo failed; return 0; }
+        total=$((total + ${line%% *}))
+        [ -n "$first" ] || first=${line#* }
+    done
+    echo "$((total / 3)) $total $first"
 }
 
 # ms the shim took to resize the VM of a `ctr run` with FLAGS (a memory limit, a CPU quota):
@@ -207,17 +242,28 @@ printf '%-28s %14s %14s\n\n' "idle shim PSS (KiB)" "$V_PSS" "$R_PSS"
 
 if [ -f "$GUEST/vmlinux" ]; then
     echo "== vm backend: median of VM_N=$VM_N (QEMU TCG here)"
-    read -r VM_FIRST VM_FLOOR < <(vm_first_output_and_floor)
+    T0=$(now_ns)
+    "$SHIM_BIN" factory init --config "$VM_TEMPLATE_CONFIG" >/dev/null || FAILED=1
+    VM_TEMPLATE_MS=$((($(now_ns) - T0) / 1000000))
+    read -r VM_CLONE VM_FIRST VM_FLOOR < <(vm_first_output_and_floor)
     read -r VM_PSS VM_SHIM_PSS VM_QEMU_PSS < <(vm_pod_pss)
-    printf '%-44s %10s\n' "ctr run to first output, vm backend (ms)" "$VM_FIRST"
+    read -r VM_TPL_PSS VM_TPL_TOTAL VM_TPL_SHIM VM_TPL_QEMU < <(vm_template_pods_pss)
+    printf '%-44s %10s\n' "factory init: template made (ms)" "$VM_TEMPLATE_MS"
+    printf '%-44s %10s\n' "ctr run to first output, from template (ms)" "$VM_CLONE"
+    printf '%-44s %10s\n' "ctr run to first output, booted VM (ms)" "$VM_FIRST"
     printf '%-44s %10s\n' "bare boot to init, same VM (ms, the floor)" "$VM_FLOOR"
+    printf '%-44s %10s\n' "  from template / floor" "$(awk -v a="$VM_CLONE" -v b="$VM_FLOOR" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }')"
     printf '%-44s %10s\n' "idle vm pod PSS: shim + QEMU (KiB)" "$VM_PSS"
     printf '%-44s %10s\n' "  of which shim / QEMU (KiB)" "${VM_SHIM_PSS:-?} / ${VM_QEMU_PSS:-?}"
+    printf '%-44s %10s\n' "idle template pod PSS, 3 pods (KiB per pod)" "$VM_TPL_PSS"
+    printf '%-44s %10s\n' "  3 pods together; first: shim / QEMU (KiB)" "${VM_TPL_TOTAL:-?}; ${VM_TPL_SHIM:-?} / ${VM_TPL_QEMU:-?}"
     VM_MEM_MS=$(vm_hotplug_ms mem --memory-limit 1073741824)
     VM_CPU_MS=$(vm_hotplug_ms cpu --cpus 2)
     printf '%-44s %10s\n' "hot-add of 1 GiB, plugged and online (ms)" "$VM_MEM_MS"
     printf '%-44s %10s\n\n' "hot-add of 2 vCPUs (or the host's), online (ms)" "$VM_CPU_MS"
-    for v in "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_MEM_MS" "$VM_CPU_MS"; do [ "$v" != failed ] || FAILED=1; done
+    for v in "$VM_CLONE" "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_TPL_PSS" "$VM_MEM_MS" "$VM_CPU_MS"; do
+        [ "$v" != failed ] || FAILED=1
+    done
 else
     echo "== vm backend: no guest image in $GUEST (make guest); skipped"
 fi

@@ -413,7 +413,15 @@ EOT
         pod_annotations = [\"io.katacontainers.*\"]
         container_annotations = [\"io.katacontainers.*\"]
         [$runtimes.vessel-vm.options]
-          ConfigPath = \"$DIR/vessel-vm.toml\""
+          ConfigPath = \"$DIR/vessel-vm.toml\"
+
+      # The same, each pod's VM cloned from a template.
+      [$runtimes.vessel-vm-template]
+        runtime_type = \"io.containerd.vessel.v2\"
+        pod_annotations = [\"io.katacontainers.*\"]
+        container_annotations = [\"io.katacontainers.*\"]
+        [$runtimes.vessel-vm-template.options]
+          ConfigPath = \"$DIR/vessel-vm-template.toml\""
 
     if [ $config_version = 2 ]; then
         cat >>"$CONFIG" <<EOT
@@ -513,6 +521,14 @@ write_vm_config() {
     sed -e "s|^kernel = .*|kernel = \"$guest/vmlinux\"|" \
         -e "s|^initrd = .*|initrd = \"$guest/initramfs.cpio\"|" \
         "$REPO/config/configuration-vm.toml" >"$DIR/vessel-vm.toml"
+    # Each pod's VM cloned from a template of its own directory (a tmpfs the shim mounts
+    # there; `stop` unmounts everything under DIR).
+    cat "$DIR/vessel-vm.toml" - >"$DIR/vessel-vm-template.toml" <<EOT
+
+[factory]
+enable_template = true
+template_path = "$DIR/templates"
+EOT
 }
 
 start() {

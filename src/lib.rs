@@ -10,6 +10,7 @@
 pub mod check;
 pub mod config;
 pub mod convert;
+pub mod factory;
 pub mod logging;
 pub mod oci;
 pub mod protos;

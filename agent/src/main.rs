@@ -16,6 +16,7 @@ mod reaper;
 mod resources;
 mod service;
 mod spec;
+mod start;
 mod transport;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -59,6 +60,8 @@ struct Settings {
     runtime: String,
     /// The guest's modules: the drivers of its other devices load once the agent serves.
     later_modules: Option<modules::Modules>,
+    /// The guest StartSandbox sets up (PID 1 only).
+    guest: Option<start::Guest>,
 }
 
 enum Channel {
@@ -119,16 +122,23 @@ fn guest_settings() -> Settings {
     if let Err(e) = network::loopback_up() {
         log::warn!("loopback: {e}");
     }
-    let shared_dir = init::mount_shared(&params).unwrap_or_else(|e| {
-        log::error!("shared directory: {e}");
-        PathBuf::from(init::SHARED_MOUNT)
-    });
+    // Mounted by StartSandbox: a VM saved as a template must not have it mounted.
+    let shared_dir = PathBuf::from(init::SHARED_MOUNT);
+    if let Err(e) = std::fs::create_dir_all(&shared_dir) {
+        log::error!("shared directory {}: {e}", shared_dir.display());
+    }
+    if params.template {
+        // Every driver before the host saves the VM: its clones have them.
+        let drivers = modules.drivers_present(&["pci", "virtio"]);
+        modules.load(&drivers);
+    }
     Settings {
-        channel: Channel::Serial(params.port),
+        channel: Channel::Serial(params.port.clone()),
         shared_dir,
         state_dir: PathBuf::from("/run/vessel/agent"),
-        runtime: params.runtime,
+        runtime: params.runtime.clone(),
         later_modules: Some(modules),
+        guest: Some(start::Guest::new(params)),
     }
 }
 
@@ -141,6 +151,7 @@ fn host_settings() -> Settings {
         state_dir: args.state_dir,
         runtime: args.runtime,
         later_modules: None,
+        guest: None,
     }
 }
 
@@ -171,6 +182,7 @@ async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
         Arc::new(sandbox),
         shared,
         settings.state_dir.join("bundles"),
+        settings.guest.take(),
         destroyed.clone(),
     );
     let listener = match &settings.channel {

@@ -41,7 +41,7 @@ fn check_cidr(field: &'static str, value: &str) -> Result<(), Refused> {
     Ok(())
 }
 
-fn check_mac(mac: &str) -> Result<(), Refused> {
+fn check_mac(field: &'static str, mac: &str) -> Result<(), Refused> {
     let parts: Vec<&str> = mac.split(':').collect();
     let fits = parts.len() == 6
         && parts
@@ -51,7 +51,7 @@ fn check_mac(mac: &str) -> Result<(), Refused> {
         Ok(())
     } else {
         Err(malformed(
-            "mac",
+            field,
             mac,
             "six hex pairs, e.g. 02:42:ac:11:00:02",
         ))
@@ -64,7 +64,7 @@ pub fn commands(
     req: &api::UpdateInterfaceRequest,
     name: &str,
 ) -> Result<Vec<Vec<String>>, Refused> {
-    check_mac(&req.mac)?;
+    check_mac("mac", &req.mac)?;
     let mut commands = Vec::new();
     let ip = |args: &[&str]| -> Vec<String> {
         std::iter::once("ip")
@@ -84,6 +84,10 @@ pub fn commands(
             "mtu",
             &req.mtu.to_string(),
         ]));
+    }
+    if !req.current_mac.is_empty() && !req.current_mac.eq_ignore_ascii_case(&req.mac) {
+        check_mac("current_mac", &req.current_mac)?;
+        commands.push(ip(&["link", "set", "dev", name, "address", &req.mac]));
     }
     commands.push(ip(&["link", "set", "dev", name, "up"]));
     for address in &req.addresses {
@@ -162,7 +166,12 @@ async fn run(args: &[String]) -> Result<(), Refused> {
 pub async fn update_interface(req: &api::UpdateInterfaceRequest) -> Result<(), Refused> {
     // Every value is checked before the wait for the interface.
     commands(req, "probe")?;
-    let name = interface_with(&req.mac).await?;
+    let current = if req.current_mac.is_empty() {
+        &req.mac
+    } else {
+        &req.current_mac
+    };
+    let name = interface_with(current).await?;
     for command in commands(req, &name)? {
         run(&command).await?;
     }
@@ -234,6 +243,24 @@ mod tests {
                 "ip route add default via 10.88.30.1 dev eth0"
             ]
         );
+    }
+
+    #[test]
+    fn a_cloned_vms_interface_is_given_the_pods_mac_first() {
+        let mut cloned = request();
+        cloned.current_mac = "02:76:73:00:00:01".into();
+        let lines: Vec<String> = commands(&cloned, "eth0")
+            .unwrap()
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert_eq!(lines[1], "ip link set dev eth0 address 02:42:0a:58:1e:05");
+        assert_eq!(lines[2], "ip link set dev eth0 up");
+        cloned.current_mac = "02:76:73".into();
+        assert!(commands(&cloned, "eth0")
+            .unwrap_err()
+            .to_string()
+            .starts_with("current_mac"));
     }
 
     #[test]

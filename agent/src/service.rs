@@ -25,7 +25,7 @@ use crate::{
     paths::SharedDir,
     ports::{self, Ports},
     processes::{Chunk, Key, Output, Process, Processes},
-    spec,
+    spec, start,
 };
 
 type Reply<T> = ttrpc::Result<T>;
@@ -53,6 +53,8 @@ pub struct AgentService {
     destroyed: Arc<Notify>,
     /// The connections of the pod's port forwarding.
     ports: Ports,
+    /// The guest StartSandbox sets up: none for an agent that is a host process.
+    guest: Option<start::Guest>,
 }
 
 /// Whether the sandbox was started (at the pod's first container).
@@ -85,11 +87,13 @@ fn exec_key(container_id: &str, exec_id: &str) -> Result<Key, Refused> {
 
 impl AgentService {
     /// The service over `sandbox` (not started yet), containers' files in `shared`, bundles
-    /// written under `bundles`; `destroyed` is notified once DestroySandbox was answered.
+    /// written under `bundles`, StartSandbox setting up `guest` (as PID 1); `destroyed` is
+    /// notified once DestroySandbox was answered.
     pub fn new(
         sandbox: Arc<dyn Sandbox>,
         shared: SharedDir,
         bundles: PathBuf,
+        guest: Option<start::Guest>,
         destroyed: Arc<Notify>,
     ) -> Arc<Self> {
         let (oom_sender, oom_receiver) = mpsc::unbounded_channel();
@@ -107,6 +111,7 @@ impl AgentService {
             ooms: tokio::sync::Mutex::new(oom_receiver),
             destroyed,
             ports: Ports::default(),
+            guest,
         })
     }
 
@@ -648,5 +653,18 @@ impl agent_ttrpc::Agent for AgentService {
         req: api::OnlineResourcesRequest,
     ) -> Reply<api::GuestResources> {
         Ok(crate::resources::online_resources(req.vcpus).await?)
+    }
+
+    async fn start_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: api::StartSandboxRequest,
+    ) -> Reply<api::Empty> {
+        start::check(&req)?;
+        match &self.guest {
+            Some(guest) => guest.start(&req)?,
+            None => log::info!("StartSandbox: a host process leaves the host as it is"),
+        }
+        Ok(api::Empty::new())
     }
 }

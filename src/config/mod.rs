@@ -69,7 +69,7 @@ impl Config {
         let qemu = &self.hypervisor.qemu;
         let runtime = &self.runtime;
         runtime.check_oci_runtime()?;
-        self.factory.check()?;
+        self.factory.check(qemu)?;
         let mut hypervisor_config = qemu.hypervisor_config()?;
         hypervisor_config.debug = runtime.enable_debug;
         Ok(RuntimeConfig {

@@ -198,14 +198,36 @@ fn valid_settings_reach_the_runtime_config() {
 fn what_the_factory_cannot_do_is_refused_not_ignored() {
     let e = file_error("[factory]\nvm_cache_number = 3\n");
     assert!(
-        e.contains("factory.vm_cache_number") && e.contains("accepted: 0"),
+        e.contains("factory.vm_cache_number")
+            && e.contains("accepted: 0")
+            && e.contains("enable_template"),
         "{e}"
     );
-    let e = file_error("[factory]\nenable_template = true\n");
-    assert!(
-        e.contains("factory.enable_template") && e.contains("accepted: false"),
-        "{e}"
-    );
+    let template =
+        "[factory]\nenable_template = true\n[hypervisor.qemu]\nshared_fs = \"virtio-9p\"\n";
+    let (_dir, path) = file_with(template);
+    let rt = Config::from_file(&path).unwrap().runtime_config().unwrap();
+    assert!(rt.factory_config.template);
+    for (setting, key) in [
+        ("shared_fs = \"virtio-fs\"", "hypervisor.qemu.shared_fs"),
+        (
+            "shared_fs = \"virtio-9p\"\nenable_mem_prealloc = true",
+            "enable_mem_prealloc",
+        ),
+        (
+            "shared_fs = \"virtio-9p\"\nenable_hugepages = true",
+            "enable_hugepages",
+        ),
+    ] {
+        let text = format!("[factory]\nenable_template = true\n[hypervisor.qemu]\n{setting}\n");
+        let e = file_error(&text);
+        assert!(
+            e.contains(key) && e.contains("factory.enable_template") && e.contains("accepted"),
+            "{e}"
+        );
+    }
+    let e = file_error("[factory]\nenable_template = true\ntemplate_path = \"tpl\"\n[hypervisor.qemu]\nshared_fs = \"virtio-9p\"\n");
+    assert!(e.contains("factory.template_path"), "{e}");
 }
 
 #[test]

@@ -129,9 +129,16 @@ pub async fn build(
                 linux::LinuxSandbox::new(&binary.to_string_lossy(), &state).await?,
             ))
         }
-        crate::config::SandboxBackend::Vm => Ok(Arc::new(vm::VmSandbox::new(&state_dir(
-            namespace, sandbox_id,
-        )))),
+        crate::config::SandboxBackend::Vm => {
+            let factory = &config.factory;
+            let templates = factory
+                .enable_template
+                .then(|| vm::template::Store::new(Path::new(&factory.template_path)));
+            Ok(Arc::new(vm::VmSandbox::new(
+                &state_dir(namespace, sandbox_id),
+                templates,
+            )))
+        }
     }
 }
 

@@ -187,11 +187,27 @@ async fn delete(flags: &Flags) -> Result<(), String> {
         .ok()
         .and_then(|spec| bundle::grouping(&spec, &flags.id).ok())
         .unwrap_or_else(|| flags.id.clone());
+    let own_sandbox = sandbox_id == flags.id;
+    // Read before the cleanup: containerd may remove the bundle meanwhile.
+    let address = std::fs::read_to_string(bundle.join("address"))
+        .ok()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .or_else(|| {
+            own_sandbox.then(|| {
+                containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox_id)
+            })
+        });
+    let daemon = own_sandbox.then(|| own_daemon(&bundle)).flatten();
     // containerd's output for `delete` is the response alone: leftovers that cannot be
     // removed are reported on the next try.
     let leftover = sandbox::cleanup(&flags.namespace, &sandbox_id, &flags.id).await;
-    stop_own_daemon(&bundle, flags);
-    remove_dead_socket(&bundle).await;
+    if let Some(pid) = daemon {
+        stop_daemon(pid, address.as_deref()).await;
+    }
+    if let Some(address) = &address {
+        remove_dead_socket(address).await;
+    }
     let response = containerd_shim::DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,
@@ -208,31 +224,42 @@ async fn delete(flags: &Flags) -> Result<(), String> {
     leftover.map_err(|e| e.to_string())
 }
 
-/// Kills a daemon that a failed start left behind for this bundle, when the bundle is its
-/// sandbox's own (a pod container's bundle must not take the pod's shim down).
-fn stop_own_daemon(bundle: &Path, flags: &Flags) {
-    let Ok(spec) = bundle::load_spec(bundle) else {
-        return;
+/// The daemon `start` spawned for this bundle (`shim.pid`), while it runs as our executable.
+fn own_daemon(bundle: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    (Some(exe) == std::env::current_exe().ok() && pid != std::process::id() as i32).then_some(pid)
+}
+
+/// Stops the sandbox's daemon: one already shutting down (its socket no longer answers) is
+/// given a moment to finish (its last events go out), anything else is killed.
+async fn stop_daemon(pid: i32, address: Option<&str>) {
+    let shutting_down = match address {
+        Some(address) => !answers(address).await,
+        None => false,
     };
-    if bundle::grouping(&spec, &flags.id).ok().as_deref() != Some(flags.id.as_str()) {
+    if shutting_down && wait_dead(pid, Duration::from_secs(3)).await {
         return;
     }
-    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    if exe.as_deref() == std::env::current_exe().ok().as_deref() && pid != std::process::id() as i32
-    {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        // Until it is dead its socket still answers, and the socket would be left behind.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    // Until it is dead its socket still answers, and the socket would be left behind.
+    wait_dead(pid, Duration::from_secs(5)).await;
+}
+
+/// Waits until process `pid` is dead; whether it is.
+async fn wait_dead(pid: i32, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while alive(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    true
 }
 
 /// Whether process `pid` still runs (a zombie holds no socket open: it does not).
@@ -251,14 +278,10 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Removes the socket of the shim that served this bundle, unless a shim still answers
-/// there (a pod's shim outlives a container whose own cleanup this is).
-async fn remove_dead_socket(bundle: &Path) {
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
-    };
-    let address = address.trim();
-    if !address.is_empty() && !answers(address).await {
+/// Removes the shim socket at `address` unless a shim still answers there (a pod's shim
+/// outlives a container whose own cleanup this is).
+async fn remove_dead_socket(address: &str) {
+    if !answers(address).await {
         let _ = std::fs::remove_file(socket_path(address));
     }
 }
@@ -355,7 +378,7 @@ fn signal_ready() {
 }
 
 /// Reaps every child (the shim is a subreaper) and reports each exit to the monitor.
-async fn reap_children(logger: Logger) {
+pub async fn reap_children(logger: Logger) {
     let mut signals = match tokio::signal::unix::signal(SignalKind::child()) {
         Ok(signals) => signals,
         Err(e) => {

@@ -50,7 +50,7 @@ impl Cri {
     /// RunPodSandbox with the vessel handler (`vessel-vm` on the vm backend).
     pub async fn run_pod(&mut self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
         let handler = if super::ctr::on_vm() {
-            VM_HANDLER
+            super::ctr::vm_flavour()
         } else {
             HANDLER
         };

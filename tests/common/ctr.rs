@@ -13,17 +13,33 @@ use super::*;
 /// shim exits asynchronously after its last task is deleted).
 pub const CLEANUP_GRACE: Duration = Duration::from_secs(10);
 
-/// Whether the tests run on the vm backend (`VESSEL_TEST_BACKEND=vm`, `make test`'s second
-/// pass): every container the helpers start gets the vm configuration.
+/// Whether the tests run on the vm backend (`VESSEL_TEST_BACKEND=vm`, or `vm-template` for
+/// VMs cloned from a template: `make test`'s second passes): every container the helpers
+/// start gets the vm configuration.
 pub fn on_vm() -> bool {
-    std::env::var("VESSEL_TEST_BACKEND").is_ok_and(|b| b == "vm")
+    std::env::var("VESSEL_TEST_BACKEND").is_ok_and(|b| b == "vm" || b == "vm-template")
 }
 
-/// `--runtime vessel`, and on the vm backend its configuration (`$DIR/vessel-vm.toml`).
+/// Whether the VMs are cloned from a template (`VESSEL_TEST_BACKEND=vm-template`).
+pub fn on_vm_template() -> bool {
+    std::env::var("VESSEL_TEST_BACKEND").is_ok_and(|b| b == "vm-template")
+}
+
+/// The name of the vm backend's configuration (and CRI handler) the tests use.
+pub fn vm_flavour() -> &'static str {
+    if on_vm_template() {
+        "vessel-vm-template"
+    } else {
+        "vessel-vm"
+    }
+}
+
+/// `--runtime vessel`, and on the vm backend its configuration (`$DIR/vessel-vm.toml`, or
+/// `vessel-vm-template.toml`).
 pub fn runtime_args() -> Vec<String> {
     let mut args = vec!["--runtime".to_string(), RUNTIME.to_string()];
     if on_vm() {
-        let config = containerd_dir().join("vessel-vm.toml");
+        let config = containerd_dir().join(format!("{}.toml", vm_flavour()));
         args.extend([
             "--runtime-config-path".to_string(),
             config.display().to_string(),

@@ -729,6 +729,7 @@ capped_calls! {
     write_port: "WritePort" (api::WritePortRequest) -> api::WriteStreamResponse, SMALL_LIMIT;
     close_port: "ClosePort" (api::PortStream) -> api::Empty, SMALL_LIMIT;
     online_resources: "OnlineResources" (api::OnlineResourcesRequest) -> api::GuestResources, SMALL_LIMIT;
+    start_sandbox: "StartSandbox" (api::StartSandboxRequest) -> api::Empty, SMALL_LIMIT;
 }
 
 /// Connects to the agent behind `socket` once it answers its health check, giving up at

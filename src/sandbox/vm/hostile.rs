@@ -60,7 +60,7 @@ fn watchful() -> Limits {
 /// A backend in a temporary directory.
 fn backend() -> (tempfile::TempDir, VmSandbox, UnboundedReceiver<Event>) {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = VmSandbox::new(&dir.path().join("state"));
+    let sandbox = VmSandbox::new(&dir.path().join("state"), None);
     let events = sandbox.events().unwrap();
     (dir, sandbox, events)
 }

@@ -1,7 +1,10 @@
 //! The guest's memory on QEMU's command line: its size and hotplug slots, and what backs it
 //! (anonymous memory, a memfd that virtiofsd can map, huge pages, or files in a directory).
 
-use super::{qemu::option_value, sizing};
+use super::{
+    qemu::{option_value, TemplateRole},
+    sizing,
+};
 use crate::oci::HypervisorConfig;
 
 /// Where huge pages are mounted (hugetlbfs), where kata looks for them too.
@@ -61,7 +64,12 @@ pub fn layout(
 /// huge pages, a file-backed directory, `shared` memory another process maps (vhost-user:
 /// virtiofsd), or preallocation; the virtio-mem device, when the layout has one, is backed
 /// the same way (shared with virtiofsd too).
-pub fn arguments(config: &HypervisorConfig, shared: bool, layout: &Layout) -> Vec<String> {
+pub fn arguments(
+    config: &HypervisorConfig,
+    shared: bool,
+    layout: &Layout,
+    template: Option<&TemplateRole>,
+) -> Vec<String> {
     let size = layout.size;
     let mut memory = format!("{size}M");
     if let Some(max) = layout.max {
@@ -81,7 +89,18 @@ pub fn arguments(config: &HypervisorConfig, shared: bool, layout: &Layout) -> Ve
             option_value(dir)
         )
     };
-    let backend = if config.huge_pages {
+    let backend = if let Some(role) = template {
+        // A template's memory is its file, shared so that the save leaves it out
+        // (`x-ignore-shared`); a clone maps it privately, copy-on-write.
+        let mode = match role {
+            TemplateRole::Save(_) => "share=on",
+            TemplateRole::Clone(_) => "share=off,readonly=on,rom=off",
+        };
+        Some(format!(
+            "memory-backend-file,id=mem,size={size}M,mem-path={},{mode}",
+            option_value(&role.memory().to_string_lossy())
+        ))
+    } else if config.huge_pages {
         Some(file(HUGEPAGES_DIR))
     } else if !config.file_backed_mem_root_dir.is_empty() {
         Some(file(&config.file_backed_mem_root_dir))
@@ -187,7 +206,10 @@ mod tests {
     /// The arguments of `config` on a 24000 MiB TCG host, not resized with the pod.
     fn fixed(config: &HypervisorConfig, host: u32) -> (Vec<String>, Vec<&'static str>) {
         let layout = layout(config, host, 40, false);
-        (arguments(config, false, &layout), kernel_params(&layout))
+        (
+            arguments(config, false, &layout, None),
+            kernel_params(&layout),
+        )
     }
 
     #[test]
@@ -230,7 +252,7 @@ mod tests {
         };
         let grows = layout(&resizable, 24000, 40, true);
         assert_eq!(
-            arguments(&resizable, false, &grows),
+            arguments(&resizable, false, &grows, None),
             [
                 "-m",
                 "512M,maxmem=4608M",
@@ -245,7 +267,7 @@ mod tests {
             ["swiotlb=noforce", "memhp_default_state=online_movable"]
         );
         // Shared with virtiofsd, its memory is a shared memfd too.
-        assert!(arguments(&resizable, true, &grows)
+        assert!(arguments(&resizable, true, &grows, None)
             .contains(&"memory-backend-memfd,id=hotmem,size=4096M,reserve=off,share=on".into()));
         // A host whose guests address 34 bits: 8 GiB at most.
         let unbounded = HypervisorConfig {
@@ -268,7 +290,7 @@ mod tests {
     #[test]
     fn each_backing_gets_its_memory_backend() {
         let backend = |config: &HypervisorConfig, shared: bool| {
-            let args = arguments(config, shared, &layout(config, 0, 40, true));
+            let args = arguments(config, shared, &layout(config, 0, 40, true), None);
             assert_eq!(args[2..], ["-object", &args[3], "-numa", "node,memdev=mem"]);
             args[3].clone()
         };

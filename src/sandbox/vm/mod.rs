@@ -13,6 +13,7 @@
 //! - [`sizing`]: the VM sized to its pod (vCPU and memory hotplug).
 //! - [`shared`]: the shared directory.
 //! - [`streams`]: process streams relayed through the agent.
+//! - [`template`]: VM templates, and clones of them.
 //! - [`virtiofs`]: virtiofsd, when the shared directory is virtio-fs.
 //! - [`watchers`]: QEMU's exit, the agent's health, OOM events and exits, checked.
 
@@ -28,6 +29,7 @@ mod qmp;
 mod shared;
 mod sizing;
 mod streams;
+pub mod template;
 mod virtiofs;
 mod watchers;
 
@@ -153,11 +155,14 @@ pub struct VmSandbox {
     hotplug: tokio::sync::Mutex<Option<sizing::Hotplug>>,
     /// The sandbox's cgroup, with `sandbox_cgroup_only`.
     cgroup: Mutex<Option<cgroup::SandboxCgroup>>,
+    /// Where VM templates are, when its VM is cloned from one (`[factory] enable_template`).
+    templates: Option<template::Store>,
 }
 
 impl VmSandbox {
-    /// A backend keeping its state (sockets, shared directory, record) in `dir`.
-    pub fn new(dir: &Path) -> Self {
+    /// A backend keeping its state (sockets, shared directory, record) in `dir`, its VM
+    /// cloned from a template of `templates` when there are.
+    pub fn new(dir: &Path, templates: Option<template::Store>) -> Self {
         let (sender, receiver) = unbounded_channel();
         Self {
             dir: dir.to_path_buf(),
@@ -171,6 +176,7 @@ impl VmSandbox {
             ports: Mutex::new(None),
             hotplug: tokio::sync::Mutex::new(None),
             cgroup: Mutex::new(None),
+            templates,
         }
     }
 
@@ -222,47 +228,18 @@ impl VmSandbox {
             .ok_or_else(|| Error::Unavailable("the sandbox's VM is not running".into()))
     }
 
-    /// Boots QEMU under `accelerator` and connects to its agent; a QEMU that did not get
-    /// there is killed.
+    /// Starts QEMU under `accelerator` (recorded first) and connects to its agent.
     async fn boot(
         &self,
         config: &SandboxConfig,
         vm: &qemu::Vm,
         accelerator: qemu::Accelerator,
         tap: Option<RawFd>,
-    ) -> Result<(agent::Agent, tokio::sync::oneshot::Receiver<i32>)> {
-        let mut started = qemu::launch(&config.hypervisor_config, vm, accelerator, tap).await?;
-        self.save(|r| r.qemu_pid = Some(started.pid))?;
-        let limit = match accelerator {
-            qemu::Accelerator::Kvm => KVM_BOOT_LIMIT,
-            qemu::Accelerator::Tcg => TCG_BOOT_LIMIT,
-        };
-        let log_file = vm.qemu_log.clone();
-        let mut exit_code = None;
-        let exited = &mut started.exited;
-        let connected = agent::connect(&vm.agent_socket, Instant::now() + limit, || {
-            let code = match exited.try_recv() {
-                Ok(code) => code,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => -1,
-            };
-            exit_code = Some(code);
-            Some(format!(
-                "QEMU exited ({code}) before its agent answered: {}",
-                qemu::last_words(&log_file)
-            ))
+    ) -> Result<Launched> {
+        launch_and_connect(&config.hypervisor_config, vm, accelerator, tap, |pid| {
+            self.save(|r| r.qemu_pid = Some(pid))
         })
-        .await;
-        match connected {
-            Ok(client) => Ok((client, started.exited)),
-            Err(e) => {
-                if exit_code.is_none() {
-                    kill(started.pid);
-                    let _ = tokio::time::timeout(STOP_LIMIT, &mut started.exited).await;
-                }
-                Err(e)
-            }
-        }
+        .await
     }
 
     /// Starts virtiofsd when the shared directory is virtio-fs (recorded first); its socket.
@@ -372,9 +349,192 @@ impl VmSandbox {
     }
 }
 
-/// Gives the guest's interface the pod interface's addresses, MTU and routes.
-async fn configure_interface(client: &agent::Agent, interface: &network::Interface) -> Result<()> {
+/// The VM for `hypervisor` (sized already) with its state in `dir`, its memory `memory`:
+/// what a booted sandbox, a template and its clones have in common. A templated VM always
+/// has a NIC (a clone cannot add one), and the agent's debug output is the configuration's
+/// (not the shim's log level, which would make another template).
+fn plan_vm(
+    hypervisor: &crate::oci::HypervisorConfig,
+    dir: &Path,
+    memory: memory::Layout,
+    templated: bool,
+) -> qemu::Vm {
+    let mut agent_params = vec![format!(
+        "vessel.shared_fs={}",
+        hypervisor.shared_fs.as_str()
+    )];
+    if hypervisor.shared_fs == SharedFs::Virtio9p {
+        agent_params.push(format!("vessel.msize_9p={}", hypervisor.msize_9p));
+    }
+    let debug = if templated {
+        hypervisor.debug
+    } else {
+        log::log_enabled!(log::Level::Debug)
+    };
+    if debug {
+        agent_params.push("vessel.debug=1".into());
+    }
+    if templated {
+        agent_params.push("vessel.template=1".into());
+    }
+    qemu::Vm {
+        agent_socket: dir.join("agent.sock"),
+        shared_dir: export_dir(dir),
+        qemu_log: dir.join("qemu.log"),
+        agent_params: agent_params.join(" "),
+        virtio_fs_socket: None,
+        nic_mac: templated.then(|| template::TEMPLATE_MAC.to_string()),
+        memory,
+        vcpus: hypervisor.num_vcpus.max(1),
+        qmp_socket: dir.join("qmp.sock"),
+        template: None,
+    }
+}
+
+/// Makes the template for sandboxes of `config` ahead of time (`factory init`); its key.
+pub async fn make_template(
+    config: &crate::oci::RuntimeConfig,
+    store: &template::Store,
+) -> Result<String> {
+    let mut hypervisor = config.hypervisor_config.clone();
+    template::check_templatable(&hypervisor)?;
+    template::firmware_for_templates(&mut hypervisor);
+    let hypervisor = &hypervisor;
+    let memory = memory::layout(
+        hypervisor,
+        memory::host_memory_mib(),
+        memory::guest_phys_bits(),
+        !config.static_sandbox_resource_mgmt,
+    );
+    let vm = plan_vm(hypervisor, &store.root().join("init"), memory, true);
+    let mut last_error = None;
+    for accelerator in qemu::accelerators() {
+        match store.obtain(hypervisor, &vm, accelerator).await {
+            Ok(_) => return template::Shape::of(hypervisor, &vm, accelerator).map(|s| s.key()),
+            Err(e) if accelerator == qemu::Accelerator::Kvm => {
+                qemu::record_kvm(false, &e.to_string());
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::Unsupported("no accelerator".into())))
+}
+
+/// A QEMU whose agent answers.
+pub(crate) struct Launched {
+    /// The connection to its agent.
+    agent: agent::Agent,
+    /// Resolves with QEMU's exit status.
+    exited: tokio::sync::oneshot::Receiver<i32>,
+    /// QEMU's pid.
+    pid: u32,
+}
+
+/// Starts QEMU for `vm` under `accelerator`, tells `started` its pid, and connects to its
+/// agent (a clone's once [`template::restore`] ran it); a QEMU that did not get there is
+/// killed.
+async fn launch_and_connect(
+    config: &crate::oci::HypervisorConfig,
+    vm: &qemu::Vm,
+    accelerator: qemu::Accelerator,
+    tap: Option<RawFd>,
+    started: impl FnOnce(u32) -> Result<()>,
+) -> Result<Launched> {
+    let mut launched = qemu::launch(config, vm, accelerator, tap).await?;
+    let pid = launched.pid;
+    if let Err(e) = started(pid) {
+        kill(pid);
+        return Err(e);
+    }
+    if let Some(role @ qemu::TemplateRole::Clone(_)) = &vm.template {
+        if let Err(e) = template::restore(&vm.qmp_socket, &role.state()).await {
+            kill(pid);
+            return Err(Error::Unavailable(format!(
+                "{e} (QEMU: {})",
+                qemu::last_words(&vm.qemu_log)
+            )));
+        }
+    }
+    let limit = match accelerator {
+        qemu::Accelerator::Kvm => KVM_BOOT_LIMIT,
+        qemu::Accelerator::Tcg => TCG_BOOT_LIMIT,
+    };
+    let log_file = vm.qemu_log.clone();
+    let mut exit_code = None;
+    let exited = &mut launched.exited;
+    let connected = agent::connect(&vm.agent_socket, Instant::now() + limit, || {
+        let code = match exited.try_recv() {
+            Ok(code) => code,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => -1,
+        };
+        exit_code = Some(code);
+        Some(format!(
+            "QEMU exited ({code}) before its agent answered: {}",
+            qemu::last_words(&log_file)
+        ))
+    })
+    .await;
+    match connected {
+        Ok(agent) => Ok(Launched {
+            agent,
+            exited: launched.exited,
+            pid,
+        }),
+        Err(e) => {
+            if exit_code.is_none() {
+                kill(pid);
+                let _ = tokio::time::timeout(STOP_LIMIT, &mut launched.exited).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// How many random bytes of the host's each guest gets at its start (kata's ReseedRNG sends
+/// as many).
+const RANDOM_SEED: usize = 512;
+
+/// Makes the guest the sandbox's (`StartSandbox`): the shared directory mounted, the host's
+/// random bytes in its CRNG, the host's wall clock, the pod's hostname.
+async fn start_sandbox(client: &agent::Agent, hostname: &str) -> Result<()> {
+    let mut random_seed = vec![0; RANDOM_SEED];
+    getrandom(&mut random_seed)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let req = api::StartSandboxRequest {
+        random_seed,
+        time_sec: now.as_secs() as i64,
+        time_nsec: now.subsec_nanos(),
+        hostname: hostname.to_string(),
+        ..Default::default()
+    };
+    client
+        .start_sandbox(agent::ctx(), &req)
+        .await
+        .map(drop)
+        .map_err(|e| agent::error("start the sandbox in", "the guest", e))
+}
+
+/// Fills `buffer` from the host kernel's CRNG.
+fn getrandom(buffer: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(buffer))
+        .map_err(|e| Error::io("read /dev/urandom", e))
+}
+
+/// Gives the guest's interface (its MAC `current` when it is not the pod's: a clone's) the
+/// pod interface's MAC, addresses, MTU and routes.
+async fn configure_interface(
+    client: &agent::Agent,
+    interface: &network::Interface,
+    current: Option<&str>,
+) -> Result<()> {
     let req = api::UpdateInterfaceRequest {
+        current_mac: current.unwrap_or_default().to_string(),
         mac: interface.mac.clone(),
         addresses: interface.addresses.clone(),
         mtu: interface.mtu,
@@ -450,6 +610,9 @@ impl Sandbox for VmSandbox {
             sized.num_vcpus = boot.vcpus;
             sized.memory_size = u32::try_from(boot.memory_mib).unwrap_or(u32::MAX);
         }
+        if self.templates.is_some() {
+            template::firmware_for_templates(&mut sized);
+        }
         let memory = memory::layout(
             &sized,
             memory::host_memory_mib(),
@@ -467,53 +630,68 @@ impl Sandbox for VmSandbox {
         shared::add_modules(&shared, &hypervisor.initrd_path)?;
         let attached = self.attach_network(config).await?;
         let virtio_fs_socket = self.start_virtiofsd(config, &export).await?;
-        let mut agent_params = vec![format!(
-            "vessel.shared_fs={}",
-            hypervisor.shared_fs.as_str()
-        )];
+        if self.templates.is_some() {
+            template::check_templatable(hypervisor)?;
+        }
         if hypervisor.use_vsock {
             log::debug!("use_vsock: the agent channel is virtio-serial (vsock is not implemented)");
         }
-        if hypervisor.shared_fs == SharedFs::Virtio9p {
-            agent_params.push(format!("vessel.msize_9p={}", hypervisor.msize_9p));
-        }
-        if log::log_enabled!(log::Level::Debug) {
-            agent_params.push("vessel.debug=1".into());
-        }
-        let vm = qemu::Vm {
-            agent_socket: self.dir.join("agent.sock"),
-            shared_dir: export,
-            qemu_log: self.dir.join("qemu.log"),
-            agent_params: agent_params.join(" "),
-            virtio_fs_socket,
-            nic_mac: attached.as_ref().map(|a| a.interface.mac.clone()),
-            memory,
-            vcpus: sized.num_vcpus,
-            qmp_socket: self.dir.join("qmp.sock"),
+        let mut vm = plan_vm(hypervisor, &self.dir, memory, self.templates.is_some());
+        vm.virtio_fs_socket = virtio_fs_socket;
+        // A clone has its template's NIC, whose tap leads nowhere without a pod network.
+        let private_tap = match (&self.templates, &attached) {
+            (Some(_), None) => Some(network::private_tap()?),
+            _ => None,
         };
+        if self.templates.is_none() {
+            vm.nic_mac = attached.as_ref().map(|a| a.interface.mac.clone());
+        }
         let config = &SandboxConfig {
             hypervisor_config: sized.clone(),
             ..config.clone()
         };
-        let tap = attached.as_ref().map(|a| a.tap.as_raw_fd());
+        let tap = attached
+            .as_ref()
+            .map(|a| a.tap.as_raw_fd())
+            .or(private_tap.as_ref().map(|t| t.as_raw_fd()));
         let mut last_error = None;
         for accelerator in qemu::accelerators() {
             let since = Instant::now();
-            match self.boot(config, &vm, accelerator, tap).await {
-                Ok((client, exited)) => {
+            let launched = match &self.templates {
+                Some(store) => match store.obtain(hypervisor, &vm, accelerator).await {
+                    Ok(image) => {
+                        let clone = qemu::Vm {
+                            template: Some(qemu::TemplateRole::Clone(image)),
+                            ..vm.clone()
+                        };
+                        self.boot(config, &clone, accelerator, tap).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => self.boot(config, &vm, accelerator, tap).await,
+            };
+            match launched {
+                Ok(Launched { agent, exited, .. }) => {
                     if accelerator == qemu::Accelerator::Kvm {
                         qemu::record_kvm(true, "");
                     }
                     log::info!(
-                        "sandbox {} booted ({accelerator:?}): its agent answered {} ms after \
+                        "sandbox {} {} ({accelerator:?}): its agent answered {} ms after \
                          QEMU started",
                         config.id,
+                        if self.templates.is_some() {
+                            "cloned from its template"
+                        } else {
+                            "booted"
+                        },
                         since.elapsed().as_millis()
                     );
+                    start_sandbox(&agent, &config.hostname).await?;
                     if let Some(attached) = &attached {
-                        configure_interface(&client, &attached.interface).await?;
+                        let current = self.templates.as_ref().map(|_| template::TEMPLATE_MAC);
+                        configure_interface(&agent, &attached.interface, current).await?;
                     }
-                    let client = Arc::new(client);
+                    let client = Arc::new(agent);
                     self.watch(client.clone(), exited);
                     if config.sandbox_cgroup_only {
                         let record = lock(&self.record).clone();

@@ -126,11 +126,28 @@ fn interface_of(addrs: &str, routes: impl Fn(&str) -> Result<String>) -> Result<
 /// since joining a namespace changes the calling thread).
 fn open_tap(netns: &Path) -> Result<OwnedFd> {
     let netns = netns.to_path_buf();
-    std::thread::spawn(move || -> Result<OwnedFd> {
+    tap_on_thread(move || {
         let namespace =
             File::open(&netns).map_err(|e| Error::io(format!("open {}", netns.display()), e))?;
         nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Error::io(format!("join {}", netns.display()), e.into()))?;
+            .map_err(|e| Error::io(format!("join {}", netns.display()), e.into()))
+    })
+}
+
+/// A tap device in a network namespace of its own, which lives as long as the tap: the NIC
+/// of a VM without a pod network that must have one (a template's, and its clones').
+pub fn private_tap() -> Result<OwnedFd> {
+    tap_on_thread(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("a network namespace for a tap", e.into()))
+    })
+}
+
+/// Opens a tap device named [`TAP`] on a thread of its own, in the network namespace `enter`
+/// puts that thread in.
+fn tap_on_thread(enter: impl FnOnce() -> Result<()> + Send + 'static) -> Result<OwnedFd> {
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        enter()?;
         let tun = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -138,6 +138,37 @@ pub struct Vm {
     /// QEMU's machine protocol socket (QMP), for hotplug (bound by the shim, like the
     /// agent's).
     pub qmp_socket: PathBuf,
+    /// The VM's part in a template: saved as one, or cloned from one.
+    pub template: Option<TemplateRole>,
+}
+
+/// A VM's part in a template; each names the template's image directory (its guest memory
+/// and its saved device state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateRole {
+    /// Booted to be saved: its memory a shared file in the image directory.
+    Save(PathBuf),
+    /// Started from the saved state, its memory the template's file mapped copy-on-write.
+    Clone(PathBuf),
+}
+
+impl TemplateRole {
+    /// The image directory.
+    pub fn image(&self) -> &Path {
+        match self {
+            Self::Save(image) | Self::Clone(image) => image,
+        }
+    }
+
+    /// The guest memory's file.
+    pub fn memory(&self) -> PathBuf {
+        self.image().join("memory")
+    }
+
+    /// The saved device state's file.
+    pub fn state(&self) -> PathBuf {
+        self.image().join("state")
+    }
 }
 
 impl Vm {
@@ -245,6 +276,7 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         config,
         vm.virtio_fs_socket.is_some(),
         &vm.memory,
+        vm.template.as_ref(),
     ));
     args.extend([
         "-chardev".into(),
@@ -301,6 +333,14 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
             "virtio-rng-pci,rng=rng0".into(),
         ]);
     }
+    if let Some(role) = &vm.template {
+        // A new generation id for each clone: the guest's kernel reseeds its CRNG on it.
+        args.extend(["-device".into(), "vmgenid,guid=auto".into()]);
+        if let TemplateRole::Clone(_) = role {
+            // Paused, waiting for the saved state (QMP `migrate-incoming`).
+            args.extend(["-S".into(), "-incoming".into(), "defer".into()]);
+        }
+    }
     if !config.disable_seccomp {
         args.extend(["-sandbox".into(), SECCOMP.into()]);
     }
@@ -347,7 +387,13 @@ fn jail_of(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -> Jail
             groups.push(meta.gid());
         }
     }
-    let writable: Vec<PathBuf> = if config.huge_pages {
+    match &vm.template {
+        Some(TemplateRole::Clone(image)) => read_only.push(image.clone()),
+        Some(TemplateRole::Save(_)) | None => {}
+    }
+    let writable: Vec<PathBuf> = if let Some(TemplateRole::Save(image)) = &vm.template {
+        vec![image.clone()]
+    } else if config.huge_pages {
         vec![memory::HUGEPAGES_DIR.into()]
     } else if !config.file_backed_mem_root_dir.is_empty() {
         vec![config.file_backed_mem_root_dir.clone().into()]
@@ -714,6 +760,7 @@ mod tests {
             },
             vcpus: 1,
             qmp_socket: "/run/vessel/ns/s1/qmp.sock".into(),
+            template: None,
         }
     }
 
@@ -888,6 +935,58 @@ mod tests {
         let jail = jail_of(&huge, &with_daemon, Accelerator::Tcg);
         assert_eq!(jail.writable, [PathBuf::from(memory::HUGEPAGES_DIR)]);
         assert_eq!(jail.capabilities, [Capability::DacOverride]);
+    }
+
+    #[test]
+    fn a_template_is_saved_from_a_shared_file_and_cloned_privately_paused() {
+        let config = HypervisorConfig {
+            kernel_path: "/srv/guest/vmlinux".into(),
+            shared_fs: SharedFs::Virtio9p,
+            ..Default::default()
+        };
+        let image = PathBuf::from("/run/vessel/vm/template/k1/image");
+        let saved = Vm {
+            template: Some(TemplateRole::Save(image.clone())),
+            ..vm()
+        };
+        let args = arguments(&config, &saved, Accelerator::Tcg);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-file,id=mem,size=512M,mem-path=/run/vessel/vm/template/k1/image/memory,share=on"]
+        );
+        assert_eq!(value_of(&args, "-numa"), ["node,memdev=mem"]);
+        assert!(value_of(&args, "-device").contains(&"vmgenid,guid=auto"));
+        assert!(!args.contains(&"-S".to_string()));
+        let jail = jail_of(&config, &saved, Accelerator::Tcg);
+        assert_eq!(
+            jail.writable,
+            std::slice::from_ref(&image),
+            "QEMU writes the template"
+        );
+        assert!(!jail.read_only.contains(&image));
+
+        let clone = Vm {
+            template: Some(TemplateRole::Clone(image.clone())),
+            ..vm()
+        };
+        let args = arguments(&config, &clone, Accelerator::Tcg);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-file,id=mem,size=512M,mem-path=/run/vessel/vm/template/k1/image/memory,share=off,readonly=on,rom=off"]
+        );
+        assert!(value_of(&args, "-device").contains(&"vmgenid,guid=auto"));
+        assert_eq!(value_of(&args, "-incoming"), ["defer"]);
+        assert!(args.contains(&"-S".to_string()), "paused until restored");
+        let jail = jail_of(&config, &clone, Accelerator::Tcg);
+        assert!(
+            jail.read_only.contains(&image),
+            "a clone reads the template"
+        );
+        assert!(jail.writable.is_empty());
+        assert_eq!(
+            TemplateRole::Clone(image).state(),
+            Path::new("/run/vessel/vm/template/k1/image/state")
+        );
     }
 
     fn fed(console: &mut Console, bytes: &[u8], now: Instant) -> Vec<String> {
