@@ -71,8 +71,12 @@ deps-vm: deps
 build:
 	$(RELEASE_BUILD)
 
+# The agent's built-in runtime links libseccomp: statically, as the agent is (libseccomp-sys
+# links the shared library unless told otherwise, which leaves a static agent that crashes).
+SECCOMP_LIB_DIR = $(patsubst %/,%,$(dir $(shell gcc -print-file-name=libseccomp.a)))
+
 agent:
-	$(STATIC_BUILD) -p vessel-agent
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH='$(SECCOMP_LIB_DIR)' $(STATIC_BUILD) -p vessel-agent
 
 # Rebuilt only when the agent, the script, the installed kernel or the guest's crun changed.
 guest: deps-vm agent

@@ -51,6 +51,10 @@ file_type=$(od -An -c -N4 "$AGENT" | tr -d ' ')
 if readelf -l "$AGENT" | grep -q 'Requesting program interpreter'; then
     die "$AGENT is dynamically linked: build it with -C target-feature=+crt-static"
 fi
+# A library linked as a shared one into the static agent leaves its functions undefined: the
+# agent would crash at start (a weak undefined symbol is only glibc's optional hooks).
+undefined=$(readelf --dyn-syms -W "$AGENT" | awk '$5 == "GLOBAL" && $7 == "UND" {print $8}')
+[ -z "$undefined" ] || die "$AGENT leaves symbols undefined (a shared library linked in): $(echo $undefined)"
 
 # The newest kernel linux-image-amd64 installed.
 KVER=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)

@@ -22,6 +22,7 @@ BASE_PACKAGES=(
     protobuf-compiler                                # CRI client of the tests (k8s-cri)
     bsdutils                                         # script(1): tty tests
     nftables                                         # port forwarding into vm pods
+    libseccomp-dev                                   # the agent's built-in runtime (seccomp)
 )
 VM_PACKAGES=(qemu-system-x86)
 # virtiofsd is not in bookworm: built from crates.io (what it links, and the version).

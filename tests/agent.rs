@@ -1,6 +1,6 @@
 //! The guest agent's protocol without a VM: `vessel-agent` as a host process serving a unix
-//! socket, containers run by runc on the host (which may mount cgroup v1, which crun refuses)
-//! from a shared directory the test made.
+//! socket, containers run by runc on the host (which may mount cgroup v1, which crun refuses),
+//! or by the agent's built-in runtime, from a shared directory the test made.
 
 mod common;
 
@@ -52,6 +52,20 @@ async fn connect(socket: &Path) -> AgentClient {
 
 #[tokio::test]
 async fn the_protocol_runs_containers_and_refuses_bad_requests() {
+    run_scenario("runc").await;
+}
+
+#[tokio::test]
+async fn the_builtin_runtime_runs_the_same_protocol() {
+    run_scenario("builtin").await;
+}
+
+/// One scenario at a time: both agents would use the same host cgroups (`/vessel/<id>`).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The protocol's scenario against an agent whose containers `runtime` runs.
+async fn run_scenario(runtime: &str) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     let state = dir.path().join("state");
@@ -66,7 +80,7 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
             .arg(&shared)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--runtime", "runc", "--debug"])
+            .args(["--runtime", runtime, "--debug"])
             .spawn()
             .expect("start vessel-agent"),
     };
@@ -94,7 +108,7 @@ async fn the_protocol_runs_containers_and_refuses_bad_requests() {
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket left behind");
     assert!(!state.join("sandbox").exists(), "runtime state left behind");
-    for id in ["echo", "long", "oom"] {
+    for id in ["echo", "tty", "long", "oom"] {
         assert!(
             !state.join("bundles").join(id).exists(),
             "bundle of {id} left behind"

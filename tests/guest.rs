@@ -13,10 +13,20 @@ const BOOT_LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn the_guest_boots_serves_the_protocol_and_powers_off() {
+    boot_and_serve("vessel.debug=1").await;
+}
+
+#[tokio::test]
+async fn the_agents_builtin_runtime_serves_the_protocol_in_the_guest() {
+    boot_and_serve("vessel.debug=1 vessel.runtime=builtin").await;
+}
+
+/// Boots the guest with `params`, runs the protocol's scenario, and powers it off.
+async fn boot_and_serve(params: &str) {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
-    let mut guest = Guest::boot(dir.path(), &shared);
+    let mut guest = Guest::boot_with(dir.path(), &shared, params);
 
     let client = guest.connect(BOOT_LIMIT).await;
     agent::scenario(&client, &shared).await;

@@ -16,6 +16,8 @@ pub struct BootParams {
     pub port: String,
     /// `vessel.msize_9p=<bytes>`: the largest 9p message, for a 9p shared directory.
     pub msize_9p: u32,
+    /// `vessel.runtime=<path>|builtin`: the OCI runtime binary (crun), or the agent's own.
+    pub runtime: String,
     /// `vessel.template=1`: the VM is saved as a template once the agent serves, so every
     /// driver is loaded before it does.
     pub template: bool,
@@ -29,6 +31,7 @@ impl BootParams {
             shared_fs: "virtio-9p".into(),
             port: "agent.0".into(),
             msize_9p: DEFAULT_MSIZE_9P,
+            runtime: DEFAULT_RUNTIME.into(),
             template: false,
         };
         for word in cmdline.split_whitespace() {
@@ -36,6 +39,7 @@ impl BootParams {
                 Some(("vessel.debug", v)) => params.debug = v == "1" || v == "true",
                 Some(("vessel.shared_fs", v)) => params.shared_fs = v.into(),
                 Some(("vessel.port", v)) => params.port = v.into(),
+                Some(("vessel.runtime", v)) => params.runtime = v.into(),
                 Some(("vessel.template", v)) => params.template = v == "1",
                 Some(("vessel.msize_9p", v)) => match v.parse() {
                     Ok(msize) if msize > 0 => params.msize_9p = msize,
@@ -50,6 +54,9 @@ impl BootParams {
         params
     }
 }
+
+/// The guest's OCI runtime when the host names none.
+const DEFAULT_RUNTIME: &str = "/usr/bin/crun";
 
 /// The 9p message size when the host names none.
 const DEFAULT_MSIZE_9P: u32 = 262144;
@@ -196,7 +203,7 @@ mod tests {
     fn boot_params_come_from_the_kernel_command_line() {
         let params = BootParams::parse(
             "quiet console=ttyS0 vessel.debug=1 vessel.port=agent.1 vessel.shared_fs=virtio-fs \
-             vessel.msize_9p=65536 vessel.template=1",
+             vessel.msize_9p=65536 vessel.runtime=builtin vessel.template=1",
         );
         assert_eq!(
             params,
@@ -205,11 +212,13 @@ mod tests {
                 shared_fs: "virtio-fs".into(),
                 port: "agent.1".into(),
                 msize_9p: 65536,
+                runtime: "builtin".into(),
                 template: true,
             }
         );
         let defaults = BootParams::parse("quiet vessel.msize_9p=0 vessel.msize_9p=big");
         assert_eq!(defaults.port, "agent.0");
+        assert_eq!(defaults.runtime, DEFAULT_RUNTIME);
         assert_eq!(defaults.msize_9p, DEFAULT_MSIZE_9P);
         assert!(!defaults.template);
     }

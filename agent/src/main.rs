@@ -1,8 +1,10 @@
 //! `vessel-agent`: PID 1 of a vessel sandbox VM. It sets the guest up, then serves
 //! `protos/agent.proto` over ttrpc on its virtio-serial port, in front of the `linux` sandbox
-//! backend driving an OCI runtime (crun) inside the guest. Started by hand (`--listen`), it is
-//! a plain host process serving a unix socket: the same service, tested without a VM.
+//! backend driving an OCI runtime (crun) inside the guest, or the agent's built-in runtime
+//! ([`builtin`]). Started by hand (`--listen`), it is a plain host process serving a unix
+//! socket: the same service, tested without a VM.
 
+mod builtin;
 mod error;
 mod init;
 mod modules;
@@ -21,7 +23,10 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use tokio::sync::Notify;
-use vessel::{protos::agent_ttrpc, sandbox::linux::LinuxSandbox};
+use vessel::{
+    protos::agent_ttrpc,
+    sandbox::linux::{engine_root, LinuxSandbox},
+};
 
 /// The agent as a host process.
 #[derive(Parser, Debug)]
@@ -39,7 +44,7 @@ struct Args {
     /// The agent's own state: bundles and the OCI runtime's state.
     #[arg(long)]
     state_dir: PathBuf,
-    /// The OCI runtime binary.
+    /// The OCI runtime binary, or `builtin`: the agent's own runtime.
     #[arg(long, default_value = "crun")]
     runtime: String,
     /// Log at debug level.
@@ -131,7 +136,7 @@ fn guest_settings() -> Settings {
         channel: Channel::Serial(params.port.clone()),
         shared_dir,
         state_dir: PathBuf::from("/run/vessel/agent"),
-        runtime: "/usr/bin/crun".into(),
+        runtime: params.runtime.clone(),
         later_modules: Some(modules),
         guest: Some(start::Guest::new(params)),
     }
@@ -150,6 +155,17 @@ fn host_settings() -> Settings {
     }
 }
 
+/// The linux backend with `runtime`: [`builtin::NAME`], or an OCI runtime binary; its state
+/// in `dir`.
+async fn backend(runtime: &str, dir: &std::path::Path) -> vessel::sandbox::Result<LinuxSandbox> {
+    if runtime == builtin::NAME {
+        let engine = builtin::Builtin::new(&engine_root(dir))?;
+        LinuxSandbox::with_engine(Arc::new(engine), dir).await
+    } else {
+        LinuxSandbox::new(runtime, dir).await
+    }
+}
+
 async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
     reaper::start().map_err(|e| format!("reaper: {e}"))?;
     if !pid1 {
@@ -158,7 +174,7 @@ async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
     }
     let shared = paths::SharedDir::new(&settings.shared_dir)
         .map_err(|e| format!("shared directory {}: {e}", settings.shared_dir.display()))?;
-    let sandbox = LinuxSandbox::new(&settings.runtime, &settings.state_dir.join("sandbox"))
+    let sandbox = backend(&settings.runtime, &settings.state_dir.join("sandbox"))
         .await
         .map_err(|e| e.to_string())?;
     let destroyed = Arc::new(Notify::new());

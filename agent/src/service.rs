@@ -142,6 +142,7 @@ impl AgentService {
     ) -> Result<api::ProcessStarted, Refused> {
         let id = req.container_id.as_str();
         check_id("container_id", id)?;
+        let since = std::time::Instant::now();
         let mut started = self.lifecycle.lock().await;
         if self.containers().contains_key(id) {
             return Err(sandbox::Error::AlreadyExists(format!("container {id}")).into());
@@ -191,7 +192,11 @@ impl AgentService {
         self.processes.add(key, created.io);
         self.containers()
             .insert(id.to_string(), Container { pid: created.pid });
-        log::info!("container {id} created, pid {}", created.pid);
+        log::info!(
+            "container {id} created, pid {} ({} ms)",
+            created.pid,
+            since.elapsed().as_millis()
+        );
         Ok(api::ProcessStarted {
             pid: created.pid,
             ..Default::default()

@@ -297,6 +297,29 @@ pub async fn scenario(client: &AgentClient, shared: &Path) {
         .await
         .expect("remove echo");
 
+    // A container whose own process has a terminal (`ctr run -t`).
+    create(
+        client,
+        "tty",
+        spec(&["sh", "-c", "tty; echo in its terminal"], true),
+        &rootfs,
+        stdio(false, true),
+    )
+    .await
+    .expect("create tty");
+    client
+        .start_container(ctx(), &container("tty"))
+        .await
+        .expect("start tty");
+    let out = read_all(client, "tty", "", false).await;
+    assert!(out.contains("in its terminal"), "{out:?}");
+    assert!(!out.contains("not a tty"), "{out:?}");
+    assert_eq!(wait(client, "tty", "").await, 0);
+    client
+        .remove_container(ctx(), &container("tty"))
+        .await
+        .expect("remove tty");
+
     // A long container, and execs into it.
     create(
         client,

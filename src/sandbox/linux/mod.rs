@@ -1,16 +1,21 @@
-//! The `linux` backend: containers as host processes in namespaces, created by an OCI runtime
-//! binary (runc by default, crun selectable) through the `runc` crate.
+//! The `linux` backend: containers as host processes in namespaces, created by an [`Engine`]:
+//! an OCI runtime binary (runc by default, crun selectable) through the `runc` crate, or a
+//! runtime built into the process running the backend (the guest agent's).
 //!
 //! Container processes are reparented to the shim (a subreaper); the containerd-shim crate's
 //! reaper collects them and [`tracker`] turns their pids into [`Exit`](super::Exit)s; each
 //! container's memory cgroup is watched for OOM kills. The OCI runtime's state, console
 //! sockets and pid files live in the sandbox's own state directory.
 
+mod binary;
+mod engine;
 mod runtime;
-
-pub use runtime::{reaped_output, ReapedError};
 mod stdio;
 mod tracker;
+
+pub use binary::RuncEngine;
+pub use engine::{engine_root, Engine, EngineIo};
+pub use runtime::{reaped_output, ProcessPipes, ReapedError};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,10 +28,7 @@ use std::{
 use async_trait::async_trait;
 use containerd_shim::cgroup;
 use oci_spec::runtime::{LinuxResources, Process};
-use runc::{
-    options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts},
-    Runc,
-};
+use runc::options::DeleteOpts;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -35,7 +37,7 @@ use super::{
     Result, Sandbox, Started, Stats, StdioWanted,
 };
 use crate::oci::SandboxConfig;
-use runtime::{logged_error, read_pid_file, runtime, runtime_error, unreaped_runtime};
+use runtime::{runtime_error, unreaped_runtime};
 use stdio::PreparedIo;
 use tracker::{watch_exits, Tracker};
 
@@ -43,7 +45,7 @@ use tracker::{watch_exits, Tracker};
 /// which root file system mounted (for the `delete` action after a shim died).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// The OCI runtime binary.
+    /// The OCI runtime binary (the engine's name).
     pub runtime: String,
     /// Each container, with the root file system the backend mounted for it.
     pub containers: BTreeMap<String, Option<PathBuf>>,
@@ -64,15 +66,10 @@ impl Record {
     }
 }
 
-/// The runtime's `--root`, inside the sandbox's state directory.
-fn runtime_root(dir: &Path) -> PathBuf {
-    dir.join("runc")
-}
-
 /// Removes what is left of container `id` after its shim died: the runtime's container
 /// (killed), its root file system mount, its entry; the whole state once none is left.
 pub async fn cleanup(dir: &Path, mut record: Record, id: &str) -> Result<()> {
-    let root = runtime_root(dir);
+    let root = engine_root(dir);
     if root.join(id).exists() {
         let runc = unreaped_runtime(&record.runtime, &root)?;
         runc.delete(id, Some(&DeleteOpts::new().force(true)))
@@ -100,8 +97,7 @@ fn remove_state(dir: &Path) -> Result<()> {
 
 /// The linux sandbox backend.
 pub struct LinuxSandbox {
-    runc: Runc,
-    binary: String,
+    engine: Arc<dyn Engine>,
     dir: PathBuf,
     record: Mutex<Record>,
     tracked: Arc<Mutex<Tracker>>,
@@ -119,15 +115,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl LinuxSandbox {
     /// A backend driving the OCI runtime `binary`, its state in `dir` (the sandbox's own).
     pub async fn new(binary: &str, dir: &Path) -> Result<Self> {
-        let runc = runtime(binary, &runtime_root(dir), None)?;
+        let engine = RuncEngine::new(binary, &engine_root(dir), dir)?;
+        Self::with_engine(Arc::new(engine), dir).await
+    }
+
+    /// A backend whose containers `engine` creates, its state in `dir` (the sandbox's own;
+    /// the engine's under [`engine_root`]).
+    pub async fn with_engine(engine: Arc<dyn Engine>, dir: &Path) -> Result<Self> {
         let (sender, receiver) = unbounded_channel();
         let tracked = Arc::new(Mutex::new(Tracker::new(sender)));
         watch_exits(tracked.clone()).await?;
         Ok(Self {
-            runc,
-            binary: binary.to_string(),
+            record: Mutex::new(Record::new(engine.name())),
+            engine,
             dir: dir.to_path_buf(),
-            record: Mutex::new(Record::new(binary)),
             tracked,
             events: Mutex::new(Some(receiver)),
             processes: Mutex::new(HashMap::new()),
@@ -188,27 +189,17 @@ impl LinuxSandbox {
         let user = req.config.custom_spec.process().as_ref().map(|p| p.user());
         let (uid, gid) = user.map(|u| (u.uid(), u.gid())).unwrap_or((0, 0));
         let prepared = PreparedIo::new(req.stdio, uid, gid, &self.dir)?;
-        let pid_file = self.dir.join(format!("{}.pid", req.id));
-        let mut opts = CreateOpts::new().pid_file(&pid_file);
-        if let Some(pipes) = prepared.pipes() {
-            opts = opts.io(pipes);
-        }
-        if let Some(path) = prepared.console() {
-            opts = opts.console_socket(path);
-        }
-        let log = self.dir.join(format!("{}.log.json", req.id));
-        let runc = runtime(&self.binary, &runtime_root(&self.dir), Some(&log))?;
-        let launch = async {
-            let created = runc.create(&req.id, &req.bundle, Some(&opts)).await;
-            created
-                .map(|_| ())
-                .map_err(|e| logged_error(runtime_error("create", &req.id, e), &log))
-        };
+        let launch = self
+            .engine
+            .create(&req.id, &req.bundle, prepared.engine_io());
         let since = SystemTime::now();
-        let launched = prepared.launch(req.stdio, launch).await;
-        let _ = std::fs::remove_file(&log);
-        let (io, master) = launched?;
-        let pid = read_pid_file(&pid_file).await?;
+        let (pid, io, master) = prepared.launch(req.stdio, launch).await?;
+        log::debug!(
+            "{} created {} in {} ms",
+            self.engine.name(),
+            req.id,
+            since.elapsed().unwrap_or_default().as_millis()
+        );
         if let Some(master) = master {
             lock(&self.consoles).insert((req.id.clone(), String::new()), master);
         }
@@ -221,7 +212,7 @@ impl LinuxSandbox {
 #[async_trait]
 impl Sandbox for LinuxSandbox {
     async fn start(&self, config: &SandboxConfig) -> Result<()> {
-        std::fs::create_dir_all(runtime_root(&self.dir))
+        std::fs::create_dir_all(engine_root(&self.dir))
             .map_err(|e| Error::io(format!("create {}", self.dir.display()), e))?;
         self.record(|_| ())?;
         let hypervisor = &config.hypervisor_config;
@@ -255,11 +246,7 @@ impl Sandbox for LinuxSandbox {
     }
 
     async fn start_container(&self, id: &str) -> Result<()> {
-        self.runc
-            .start(id)
-            .await
-            .map(|_| ())
-            .map_err(|e| runtime_error("start", id, e))
+        self.engine.start(id).await
     }
 
     async fn exec(
@@ -269,27 +256,10 @@ impl Sandbox for LinuxSandbox {
         spec: &Process,
         stdio: StdioWanted,
     ) -> Result<Started> {
-        let name = format!("{id}.{exec_id}");
-        let pid_file = self.dir.join(format!("{name}.pid"));
         let prepared = PreparedIo::new(stdio, spec.user().uid(), spec.user().gid(), &self.dir)?;
-        let mut opts = ExecOpts::new().pid_file(&pid_file).detach(true);
-        if let Some(pipes) = prepared.pipes() {
-            opts = opts.io(pipes);
-        }
-        if let Some(path) = prepared.console() {
-            opts = opts.console_socket(path);
-        }
-        let log = self.dir.join(format!("{name}.log.json"));
-        let runc = runtime(&self.binary, &runtime_root(&self.dir), Some(&log))?;
-        let launch = async {
-            let ran = runc.exec(id, spec, Some(&opts)).await;
-            ran.map_err(|e| logged_error(runtime_error("exec", id, e), &log))
-        };
+        let launch = self.engine.exec(id, exec_id, spec, prepared.engine_io());
         let since = SystemTime::now();
-        let launched = prepared.launch(stdio, launch).await;
-        let _ = std::fs::remove_file(&log);
-        let (io, master) = launched?;
-        let pid = read_pid_file(&pid_file).await?;
+        let (pid, io, master) = prepared.launch(stdio, launch).await?;
         if let Some(master) = master {
             lock(&self.consoles).insert((id.to_string(), exec_id.to_string()), master);
         }
@@ -306,12 +276,11 @@ impl Sandbox for LinuxSandbox {
             )));
         }
         if exec_id.is_empty() {
-            let opts = KillOpts::new().all(all);
             return self
-                .runc
-                .kill(id, signal, Some(&opts))
+                .engine
+                .kill(id, signal, all)
                 .await
-                .map_err(|e| kill_error(id, runtime_error("kill", id, e)));
+                .map_err(|e| kill_error(id, e));
         }
         let signal = nix::sys::signal::Signal::try_from(signal as i32)
             .map_err(|e| Error::io(format!("signal {signal}"), e.into()))?;
@@ -335,18 +304,11 @@ impl Sandbox for LinuxSandbox {
         }
         lock(&self.processes).retain(|(c, _), _| c != id);
         lock(&self.consoles).retain(|(c, _), _| c != id);
-        if runtime_root(&self.dir).join(id).exists() {
-            let opts = DeleteOpts::new().force(true);
-            self.runc
-                .delete(id, Some(&opts))
-                .await
-                .map_err(|e| runtime_error("delete", id, e))?;
-        }
+        self.engine.delete(id).await?;
         let mounted = lock(&self.record).containers.get(id).cloned().flatten();
         if let Some(target) = mounted {
             rootfs::unmount(&target);
         }
-        let _ = std::fs::remove_file(self.dir.join(format!("{id}.pid")));
         self.record(|r| {
             r.containers.remove(id);
         })
@@ -359,25 +321,15 @@ impl Sandbox for LinuxSandbox {
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
-        self.runc
-            .pause(id)
-            .await
-            .map_err(|e| runtime_error("pause", id, e))
+        self.engine.pause(id).await
     }
 
     async fn resume(&self, id: &str) -> Result<()> {
-        self.runc
-            .resume(id)
-            .await
-            .map_err(|e| runtime_error("resume", id, e))
+        self.engine.resume(id).await
     }
 
     async fn pids(&self, id: &str) -> Result<Vec<ProcessPid>> {
-        let pids = self
-            .runc
-            .ps(id)
-            .await
-            .map_err(|e| runtime_error("ps", id, e))?;
+        let pids = self.engine.ps(id).await?;
         let execs: HashMap<u32, String> = lock(&self.processes)
             .iter()
             .filter(|((c, e), _)| c == id && !e.is_empty())
@@ -386,17 +338,14 @@ impl Sandbox for LinuxSandbox {
         Ok(pids
             .into_iter()
             .map(|pid| ProcessPid {
-                pid: pid as u32,
-                exec_id: execs.get(&(pid as u32)).cloned(),
+                pid,
+                exec_id: execs.get(&pid).cloned(),
             })
             .collect())
     }
 
     async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
-        self.runc
-            .update(id, resources)
-            .await
-            .map_err(|e| runtime_error("update", id, e))
+        self.engine.update(id, resources).await
     }
 
     async fn stats(&self, id: &str) -> Result<Stats> {

@@ -17,7 +17,7 @@ use super::super::{Error, Result};
 /// runtime command's defaults would be the capture pipe of the runtime's own output, which
 /// the container would inherit and hold open.
 #[derive(Debug)]
-pub(super) struct ProcessPipes(pub(super) PipedIo);
+pub struct ProcessPipes(pub PipedIo);
 
 #[async_trait]
 impl runc::Io for ProcessPipes {

@@ -15,6 +15,7 @@ use runc::io::{IoOption, PipedIo};
 
 use super::{
     super::{console::ConsoleSocket, Error, ProcessIo, Result, StdioWanted},
+    engine::EngineIo,
     runtime::ProcessPipes,
 };
 
@@ -51,42 +52,35 @@ impl PreparedIo {
         Ok(Self::Pipes(Arc::new(ProcessPipes(pipes))))
     }
 
-    /// The pipes to give the runtime command, if these are pipes.
-    pub(super) fn pipes(&self) -> Option<Arc<ProcessPipes>> {
+    /// The streams as the engine gives them to the process.
+    pub(super) fn engine_io(&self) -> EngineIo {
         match self {
-            Self::Pipes(p) => Some(p.clone()),
-            Self::Console(_) => None,
+            Self::Pipes(p) => EngineIo::Pipes(p.clone()),
+            Self::Console(c) => EngineIo::Console(c.path().to_path_buf()),
         }
     }
 
-    /// The console socket to give the runtime command, if this is a terminal.
-    pub(super) fn console(&self) -> Option<&Path> {
-        match self {
-            Self::Console(c) => Some(c.path()),
-            Self::Pipes(_) => None,
-        }
-    }
-
-    /// Runs `launch` (the runtime command creating the process) and returns the shim's ends
-    /// of the process's streams, and the terminal's master when there is one (for resizes).
-    pub(super) async fn launch<F>(
+    /// Runs `launch` (the engine creating the process) and returns what it returned (the
+    /// process's pid), the shim's ends of the process's streams, and the terminal's master
+    /// when there is one (for resizes).
+    pub(super) async fn launch<F, T>(
         self,
         stdio: StdioWanted,
         launch: F,
-    ) -> Result<(ProcessIo, Option<File>)>
+    ) -> Result<(T, ProcessIo, Option<File>)>
     where
-        F: std::future::Future<Output = Result<()>>,
+        F: std::future::Future<Output = Result<T>>,
     {
         let socket = match self {
             Self::Pipes(pipes) => {
-                launch.await?;
+                let launched = launch.await?;
                 use runc::Io;
                 let io = ProcessIo {
                     stdin: pipes.stdin().map(|w| w as _),
                     stdout: pipes.stdout().map(|r| r as _),
                     stderr: pipes.stderr().map(|r| r as _),
                 };
-                return Ok((io, None));
+                return Ok((launched, io, None));
             }
             Self::Console(socket) => socket,
         };
@@ -94,19 +88,20 @@ impl PreparedIo {
         tokio::pin!(launch, receive);
         // The runtime hands the terminal over before it returns, so once it succeeded the
         // connection is already queued; if it failed, nothing will ever connect.
-        let master = tokio::select! {
+        let (launched, master) = tokio::select! {
             ran = &mut launch => {
-                ran?;
-                tokio::time::timeout(CONSOLE_WAIT, receive).await.unwrap_or_else(|_| {
+                let launched = ran?;
+                let master = tokio::time::timeout(CONSOLE_WAIT, receive).await.unwrap_or_else(|_| {
                     Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the runtime did not hand over the terminal",
                     ))
-                })
+                });
+                (launched, master)
             }
-            master = &mut receive => { launch.await?; master }
-        }
-        .map_err(|e| Error::io("receive the terminal from the runtime", e))?;
+            master = &mut receive => (launch.await?, master),
+        };
+        let master = master.map_err(|e| Error::io("receive the terminal from the runtime", e))?;
         let handle = master
             .try_clone()
             .map_err(|e| Error::io("duplicate the terminal", e))?;
@@ -121,6 +116,6 @@ impl PreparedIo {
             stdout: Some(Box::new(pty)),
             stderr: None,
         };
-        Ok((io, Some(handle)))
+        Ok((launched, io, Some(handle)))
     }
 }
