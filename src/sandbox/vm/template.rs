@@ -10,7 +10,8 @@
 //! - `KEY/template.json`: the [`Record`]; `KEY/image/memory` and `KEY/image/state`: the
 //!   guest's memory and the saved device state (read-only).
 //! - `KEY.lock`: held while the template is looked for or made, so that pods starting at once
-//!   make it once; `KEY.build/`: a template being made.
+//!   make it once; `KEY.build/`: a template being made (its VM's sockets and log in
+//!   `/run/vessel/template-build/KEY/` meanwhile).
 
 use std::{
     os::{fd::AsRawFd, unix::fs::MetadataExt},
@@ -34,6 +35,8 @@ use crate::oci::HypervisorConfig;
 pub const TEMPLATE_MAC: &str = "02:76:73:00:00:01";
 /// The record of a template, in its directory.
 const RECORD: &str = "template.json";
+/// Where a template's VM keeps its sockets, log and jail while it is made.
+const BUILD_DIR: &str = "/run/vessel/template-build";
 /// How long a pod waits for another one making the template it needs.
 const LOCK_LIMIT: Duration = Duration::from_secs(300);
 /// How long saving or restoring a guest may take.
@@ -293,12 +296,18 @@ impl Store {
     ) -> Result<()> {
         let building = self.root.join(format!("{key}.build"));
         let _ = std::fs::remove_dir_all(&building);
+        // The building VM's sockets, log and jail: a short path (a socket's must fit
+        // sun_path), its own while the lock is held.
+        let work = Path::new(BUILD_DIR).join(key);
+        let _ = std::fs::remove_dir_all(&work);
         let result = self
-            .build_in(&building, shape, config, vm, accelerator)
+            .build_in(&building, &work, shape, config, vm, accelerator)
             .await;
+        let _ = std::fs::remove_dir_all(&work);
+        // Gone with the last build (another one's still there keeps it).
+        let _ = std::fs::remove_dir(BUILD_DIR);
         match result {
             Ok(record) => {
-                let _ = std::fs::remove_dir_all(building.join("vm"));
                 write_record(&building, &record)?;
                 let dir = self.root.join(key);
                 let _ = std::fs::remove_dir_all(&dir);
@@ -321,13 +330,13 @@ impl Store {
     async fn build_in(
         &self,
         building: &Path,
+        work: &Path,
         shape: &Shape,
         config: &HypervisorConfig,
         vm: &Vm,
         accelerator: Accelerator,
     ) -> Result<Record> {
         let image = building.join("image");
-        let work = building.join("vm");
         for dir in [&image, &work.join("shared")] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
