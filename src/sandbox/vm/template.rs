@@ -11,7 +11,7 @@
 //!   guest's memory and the saved device state (read-only).
 //! - `KEY.lock`: held while the template is looked for or made, so that pods starting at once
 //!   make it once; `KEY.build/`: a template being made (its VM's sockets and log in
-//!   `/run/vessel/template-build/KEY/` meanwhile).
+//!   `/run/vessel/template-build/PID-KEY/` meanwhile).
 
 use std::{
     os::{fd::AsRawFd, unix::fs::MetadataExt},
@@ -297,8 +297,8 @@ impl Store {
         let building = self.root.join(format!("{key}.build"));
         let _ = std::fs::remove_dir_all(&building);
         // The building VM's sockets, log and jail: a short path (a socket's must fit
-        // sun_path), its own while the lock is held.
-        let work = Path::new(BUILD_DIR).join(key);
+        // sun_path), this process's own (another store may make a template of this key).
+        let work = Path::new(BUILD_DIR).join(format!("{}-{}", std::process::id(), &key[..12]));
         let _ = std::fs::remove_dir_all(&work);
         let result = self
             .build_in(&building, &work, shape, config, vm, accelerator)
