@@ -105,6 +105,10 @@ memory() {
 VM_N=${VM_N:-5}
 VM_CONFIG=$DIR/vessel-vm.toml
 VM_TEMPLATE_CONFIG=$DIR/vessel-vm-template.toml
+# The same, the guest's containers run by the agent's built-in runtime instead of crun.
+VM_BUILTIN_CONFIG=$DIR/vessel-vm-template-builtin.toml
+sed -e 's|^\[hypervisor.qemu\]$|[hypervisor.qemu]\nkernel_params = "vessel.runtime=builtin"|' \
+    "$VM_TEMPLATE_CONFIG" >"$VM_BUILTIN_CONFIG"
 GUEST=${VESSEL_GUEST_DIR:-$REPO/build/guest}
 KERNEL_PARAMS="console=ttyS0 clocksource=hpet tsc=unstable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1"
@@ -152,23 +156,27 @@ vm_floor_once() {
     echo $(((t1 - t0) / 1000000))
 }
 
-# "template_ms boot_ms floor_ms": medians of VM_N runs each of the first output from a VM
-# cloned from a template, from a booted VM, and of the bare boot, interleaved so that a host
-# whose speed drifts (TCG on a shared machine) weighs on all alike
+# "template_ms builtin_ms boot_ms floor_ms": medians of VM_N runs each of the first output
+# from a VM cloned from a template (crun, then the agent's built-in runtime), from a booted
+# VM, and of the bare boot, interleaved so that a host whose speed drifts (TCG on a shared
+# machine) weighs on all alike
 vm_first_output_and_floor() {
-    local i clone first floor clones=() firsts=() floors=()
+    local i clone builtin first floor clones=() builtins=() firsts=() floors=()
     for ((i = 0; i < VM_N; i++)); do
         clone=$(vm_first_output_once "t$i" "$VM_TEMPLATE_CONFIG")
+        builtin=$(vm_first_output_once "b$i" "$VM_BUILTIN_CONFIG")
         first=$(vm_first_output_once "$i" "$VM_CONFIG")
         floor=$(vm_floor_once)
-        [ "$clone" != failed ] && [ "$first" != failed ] && [ "$floor" != failed ] ||
-            { echo "failed failed failed"; return 0; }
+        for v in "$clone" "$builtin" "$first" "$floor"; do
+            [ "$v" != failed ] || { echo "failed failed failed failed"; return 0; }
+        done
         clones+=("$clone")
+        builtins+=("$builtin")
         firsts+=("$first")
         floors+=("$floor")
     done
-    echo "$(printf '%s\n' "${clones[@]}" | median_of) $(printf '%s\n' "${firsts[@]}" | median_of)" \
-        "$(printf '%s\n' "${floors[@]}" | median_of)"
+    echo "$(printf '%s\n' "${clones[@]}" | median_of) $(printf '%s\n' "${builtins[@]}" | median_of)" \
+        "$(printf '%s\n' "${firsts[@]}" | median_of) $(printf '%s\n' "${floors[@]}" | median_of)"
 }
 
 # PSS (KiB) of one idle vm pod of configuration CONFIG named ID, started already: its shim
@@ -245,14 +253,17 @@ if [ -f "$GUEST/vmlinux" ]; then
     T0=$(now_ns)
     "$SHIM_BIN" factory init --config "$VM_TEMPLATE_CONFIG" >/dev/null || FAILED=1
     VM_TEMPLATE_MS=$((($(now_ns) - T0) / 1000000))
-    read -r VM_CLONE VM_FIRST VM_FLOOR < <(vm_first_output_and_floor)
+    "$SHIM_BIN" factory init --config "$VM_BUILTIN_CONFIG" >/dev/null || FAILED=1
+    read -r VM_CLONE VM_BUILTIN VM_FIRST VM_FLOOR < <(vm_first_output_and_floor)
     read -r VM_PSS VM_SHIM_PSS VM_QEMU_PSS < <(vm_pod_pss)
     read -r VM_TPL_PSS VM_TPL_TOTAL VM_TPL_SHIM VM_TPL_QEMU < <(vm_template_pods_pss)
     printf '%-44s %10s\n' "factory init: template made (ms)" "$VM_TEMPLATE_MS"
     printf '%-44s %10s\n' "ctr run to first output, from template (ms)" "$VM_CLONE"
+    printf '%-44s %10s\n' "  the same, built-in runtime (ms)" "$VM_BUILTIN"
     printf '%-44s %10s\n' "ctr run to first output, booted VM (ms)" "$VM_FIRST"
     printf '%-44s %10s\n' "bare boot to init, same VM (ms, the floor)" "$VM_FLOOR"
-    printf '%-44s %10s\n' "  from template / floor" "$(awk -v a="$VM_CLONE" -v b="$VM_FLOOR" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }')"
+    ratio() { awk -v a="$1" -v b="$VM_FLOOR" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }'; }
+    printf '%-44s %10s\n' "  from template / floor (crun; built-in)" "$(ratio "$VM_CLONE"); $(ratio "$VM_BUILTIN")"
     printf '%-44s %10s\n' "idle vm pod PSS: shim + QEMU (KiB)" "$VM_PSS"
     printf '%-44s %10s\n' "  of which shim / QEMU (KiB)" "${VM_SHIM_PSS:-?} / ${VM_QEMU_PSS:-?}"
     printf '%-44s %10s\n' "idle template pod PSS, 3 pods (KiB per pod)" "$VM_TPL_PSS"
@@ -261,7 +272,7 @@ if [ -f "$GUEST/vmlinux" ]; then
     VM_CPU_MS=$(vm_hotplug_ms cpu --cpus 2)
     printf '%-44s %10s\n' "hot-add of 1 GiB, plugged and online (ms)" "$VM_MEM_MS"
     printf '%-44s %10s\n\n' "hot-add of 2 vCPUs (or the host's), online (ms)" "$VM_CPU_MS"
-    for v in "$VM_CLONE" "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_TPL_PSS" "$VM_MEM_MS" "$VM_CPU_MS"; do
+    for v in "$VM_CLONE" "$VM_BUILTIN" "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_TPL_PSS" "$VM_MEM_MS" "$VM_CPU_MS"; do
         [ "$v" != failed ] || FAILED=1
     done
 else
