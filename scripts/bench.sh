@@ -184,7 +184,7 @@ vm_first_output_and_floor() {
 pod_pss() {
     local id=$1 shim qemu p pss=0
     shim=$(shim_pid containerd-shim-vessel-v2 "$id") || { echo failed; return 0; }
-    qemu=$(pgrep -f "qemu-system-x86_64 .*/$id/agent.sock" | head -n 1)
+    qemu=$(pgrep -f "qemu-system-x86_64 -name [^ ]*/$id( |$)" | head -n 1 || true)
     [ -n "$qemu" ] || { echo failed; return 0; }
     for p in "$shim" "$qemu"; do pss=$((pss + $(kb "/proc/$p/smaps_rollup" Pss))); done
     echo "$pss $(kb "/proc/$shim/smaps_rollup" Pss) $(kb "/proc/$qemu/smaps_rollup" Pss)"
