@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{cri::*, ctr::*, *};
-use k8s_cri::v1::{NamespaceMode, PodSandboxStatusRequest};
+use k8s_cri::v1::NamespaceMode;
 
 /// The CRI handler whose pods' VMs are cloned from `$DIR/templates`.
 const TEMPLATE_HANDLER: &str = "vessel-vm-template";
@@ -78,20 +78,7 @@ impl Factory {
     /// `ctr run -d` of `cmd` in a VM cloned from this factory's template.
     fn run_detached(&self, id: &str, cmd: &[&str]) {
         let config = self.config.display().to_string();
-        let mut args = vec![
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--runtime-config-path",
-            &config,
-            BUSYBOX,
-            id,
-        ];
-        args.extend_from_slice(cmd);
-        let out = Ctr::new(&args).timeout(Duration::from_secs(300)).run();
-        assert_success("ctr run -d (template)", &out);
-        wait_status(id, "RUNNING");
+        run_detached_with(&config, &[], id, cmd, Duration::from_secs(300));
     }
 
     /// `ctr run --rm` of `cmd` in a VM cloned from this factory's template; its stdout.
@@ -191,8 +178,9 @@ fn factory_init_makes_the_template_pods_use_and_destroy_leaves_nothing() {
 #[test]
 fn a_changed_kernel_makes_a_new_template_and_the_old_one_is_never_used() {
     let guest = common::guest::guest_dir();
-    let dir = std::env::temp_dir().join(unique_id("tpl-kernel"));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed however the test ends.
+    let kernels = tempfile::tempdir().unwrap();
+    let dir = kernels.path();
     let kernel = dir.join("vmlinux");
     std::fs::copy(guest.join("vmlinux"), &kernel).unwrap();
     let factory = Factory::new("tpl-kernel", Some(&kernel));
@@ -219,8 +207,6 @@ fn a_changed_kernel_makes_a_new_template_and_the_old_one_is_never_used() {
     assert_ne!(key(&second[0]), key(&first[0]), "a new template");
     assert!(second[0].ends_with("current"), "{second:?}");
     assert_no_leftovers(&id);
-    drop(factory);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -270,42 +256,9 @@ async fn a_cri_pod_from_a_template_has_its_pod_ip_and_mac_on_its_guest_interface
     let app = cri
         .start_container(&pod, &config, "app", "sleep 1000")
         .await;
-    let status = cri
-        .runtime
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("status");
-    let pod_ip = status.network.expect("pod network").ip;
+    let pod_ip = cri.pod_ip(&pod).await;
     assert!(!pod_ip.is_empty(), "CNI gave the pod an address");
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            Path::new("/run/vessel/k8s.io")
-                .join(&pod)
-                .join("sandbox.json"),
-        )
-        .expect("the sandbox's record"),
-    )
-    .unwrap();
-    let netns = record["network"][0].as_str().expect("netns recorded");
-    let interface = record["network"][1].as_str().unwrap();
-    let link = Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .args(["ip", "-o", "link", "show", "dev", interface])
-        .output()
-        .expect("nsenter");
-    let link = String::from_utf8_lossy(&link.stdout).into_owned();
-    let mac = link
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .expect("the pod interface's MAC")
-        .to_string();
+    let mac = PodInterface::of(&pod).mac;
     let guest = cri.exec_sh(&app, "ip addr; hostname").await;
     let guest = String::from_utf8_lossy(&guest.stdout).into_owned();
     assert!(

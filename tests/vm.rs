@@ -19,8 +19,7 @@ use std::{path::Path, process::Command, thread, time::Duration};
 
 use common::{cri::*, ctr::*, *};
 use k8s_cri::v1::{
-    ExecRequest, LinuxContainerResources, NamespaceMode, PodSandboxStatusRequest,
-    UpdateContainerResourcesRequest,
+    ExecRequest, LinuxContainerResources, NamespaceMode, UpdateContainerResourcesRequest,
 };
 
 /// The vm backend's configuration in the private containerd's directory.
@@ -49,20 +48,7 @@ fn run_vm_detached(id: &str, cmd: &[&str]) {
 
 /// `ctr run -d` of `cmd` in a VM of configuration file `config`.
 fn run_vm_detached_with(config: &str, id: &str, cmd: &[&str]) {
-    let mut args = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        config,
-        BUSYBOX,
-        id,
-    ];
-    args.extend_from_slice(cmd);
-    let out = Ctr::new(&args).timeout(Duration::from_secs(180)).run();
-    assert_success("ctr run -d (vm)", &out);
-    wait_status(id, "RUNNING");
+    run_detached_with(config, &[], id, cmd, Duration::from_secs(180));
 }
 
 /// The pids of the QEMU processes whose command line names `id`.
@@ -318,48 +304,15 @@ async fn a_cri_pod_of_two_containers_shares_one_vm() {
     // The pod's network reaches the guest: its interface has the address CNI gave the pod
     // and the pod interface's MAC, and its default route; the pod's namespace redirects
     // between its interface and the VM's tap.
-    let status = cri
-        .runtime
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("status");
-    let pod_ip = status.network.expect("pod network").ip;
+    let pod_ip = cri.pod_ip(&pod).await;
     assert!(!pod_ip.is_empty(), "CNI gave the pod an address");
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            Path::new("/run/vessel/k8s.io")
-                .join(&pod)
-                .join("sandbox.json"),
-        )
-        .expect("the sandbox's record"),
-    )
-    .unwrap();
-    let netns = record["network"][0]
-        .as_str()
-        .expect("netns recorded")
-        .to_string();
-    let interface = record["network"][1].as_str().unwrap().to_string();
-    let in_netns = |args: &[&str]| {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={netns}"))
-            .args(args)
-            .output()
-            .expect("nsenter");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let host_link = in_netns(&["ip", "-o", "link", "show", "dev", &interface]);
-    let mac = host_link
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .expect("the pod interface's MAC")
-        .to_string();
+    let pod_interface = PodInterface::of(&pod);
+    let (netns, interface, mac) = (
+        pod_interface.netns.clone(),
+        pod_interface.name.clone(),
+        pod_interface.mac.clone(),
+    );
+    let in_netns = |args: &[&str]| pod_interface.in_netns(args);
     for dev in [interface.as_str(), "tap0_vessel"] {
         let filters = in_netns(&["tc", "filter", "show", "dev", dev, "ingress"]);
         assert!(filters.contains("mirred"), "redirect on {dev}: {filters}");
@@ -1114,26 +1067,6 @@ fn the_shared_directory_is_read_only_for_the_guest_but_its_containers_root() {
     kill_and_remove(&id);
 }
 
-/// `ctr run -d --privileged` of `cmd` in a VM of configuration file `config`; returns once the
-/// task runs.
-fn run_privileged_detached(config: &str, id: &str, cmd: &[&str]) {
-    let mut args = vec![
-        "run",
-        "-d",
-        "--privileged",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        config,
-        BUSYBOX,
-        id,
-    ];
-    args.extend_from_slice(cmd);
-    let out = Ctr::new(&args).timeout(Duration::from_secs(180)).run();
-    assert_success("ctr run -d --privileged (vm)", &out);
-    wait_status(id, "RUNNING");
-}
-
 /// The vm configuration with `[runtime] enable_debug = true`, written next to it.
 fn vm_debug_config() -> String {
     let text = std::fs::read_to_string(vm_config()).unwrap();
@@ -1181,7 +1114,13 @@ fn a_guest_flooding_its_console_costs_the_host_nothing() {
     for (what, config) in [("debug", vm_debug_config()), ("quiet", vm_config())] {
         let id = unique_id("vm-console");
         let _guard = ContainerGuard::new(&id);
-        run_privileged_detached(&config, &id, &["sleep", "1000"]);
+        run_detached_with(
+            &config,
+            &["--privileged"],
+            &id,
+            &["sleep", "1000"],
+            Duration::from_secs(180),
+        );
         let shims = shims_of(&id);
         assert_eq!(shims.len(), 1, "{what}: one shim: {shims:?}");
         let shim = shims[0];

@@ -9,8 +9,9 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -155,6 +156,22 @@ impl Cri {
         panic!("{id} did not exit within two minutes");
     }
 
+    /// The address CNI gave pod `pod` (empty without one).
+    pub async fn pod_ip(&mut self, pod: &str) -> String {
+        let status = self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.to_string(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        status.network.map(|n| n.ip).unwrap_or_default()
+    }
+
     /// ExecSync of `sh -c script` in container `id`.
     pub async fn exec_sh(&mut self, id: &str, script: &str) -> ExecSyncResponse {
         self.runtime
@@ -227,6 +244,59 @@ impl Cri {
             "the pod's shim exits"
         );
         assert!(leftovers(pod).is_empty(), "{:?}", leftovers(pod));
+    }
+}
+
+/// A vm pod's interface in its network namespace, as the sandbox's record names it.
+pub struct PodInterface {
+    /// The pod's network namespace.
+    pub netns: String,
+    /// The interface's name there.
+    pub name: String,
+    /// Its MAC address.
+    pub mac: String,
+}
+
+impl PodInterface {
+    /// The interface of vm pod `pod` (CRI namespace), from its sandbox's record.
+    pub fn of(pod: &str) -> Self {
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                std::path::Path::new("/run/vessel/k8s.io")
+                    .join(pod)
+                    .join("sandbox.json"),
+            )
+            .expect("the sandbox's record"),
+        )
+        .unwrap();
+        let netns = record["network"][0]
+            .as_str()
+            .expect("netns recorded")
+            .to_string();
+        let name = record["network"][1].as_str().unwrap().to_string();
+        let mut interface = Self {
+            netns,
+            name,
+            mac: String::new(),
+        };
+        let link = interface.in_netns(&["ip", "-o", "link", "show", "dev", &interface.name]);
+        interface.mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .expect("the pod interface's MAC")
+            .to_string();
+        interface
+    }
+
+    /// stdout of `args` run in the pod's network namespace.
+    pub fn in_netns(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.netns))
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 

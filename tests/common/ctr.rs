@@ -72,6 +72,25 @@ pub fn run_detached(id: &str, cmd: &[&str]) -> u32 {
     wait_status(id, "RUNNING")
 }
 
+/// `ctr run -d --runtime vessel --runtime-config-path CONFIG [EXTRA...] BUSYBOX ID CMD...`
+/// within `limit`, asserting that it succeeded; returns once the task runs.
+pub fn run_detached_with(config: &str, extra: &[&str], id: &str, cmd: &[&str], limit: Duration) {
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        config,
+        BUSYBOX,
+        id,
+    ]);
+    args.extend_from_slice(cmd);
+    let out = Ctr::new(&args).timeout(limit).run();
+    assert_success(&format!("ctr run -d {}", extra.join(" ")), &out);
+    wait_status(id, "RUNNING");
+}
+
 /// stdout of `out`, lossily decoded.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

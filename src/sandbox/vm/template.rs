@@ -493,8 +493,8 @@ fn clones_of(image: &Path) -> usize {
         })
         .filter(|p| {
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(&needle)
-                && String::from_utf8_lossy(&cmdline).contains("share=off")
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains(&needle) && cmdline.contains("share=off")
         })
         .count()
 }
