@@ -101,6 +101,11 @@ pub struct QemuSection {
     /// resourcecontrol=deny`, so that a guest that takes QEMU over cannot execute programs,
     /// change its credentials or use obsolete system calls.
     pub disable_seccomp: bool,
+    /// Under emulation (TCG, no usable /dev/kvm), the size in MiB of QEMU's cache of
+    /// translated guest code (`-accel tcg,tb-size=N`); 0 leaves QEMU's default (up to 1 GiB,
+    /// touched as it fills). Each VM's cache is its own memory: a cap keeps an idle VM small
+    /// at the cost of translating again what no longer fits. Unused under KVM.
+    pub tcg_tb_size: u32,
     /// Host directory backing guest memory with files (empty: anonymous memory).
     pub file_mem_backend: String,
     /// Path inside the guest of OCI hooks.
@@ -169,6 +174,7 @@ impl Default for QemuSection {
             pcie_root_port: 0,
             entropy_source: "/dev/urandom".to_owned(),
             disable_seccomp: false,
+            tcg_tb_size: 0,
             file_mem_backend: String::new(),
             guest_hook_path: String::new(),
             enable_annotations: Vec::new(),
@@ -264,6 +270,7 @@ impl QemuSection {
             file_backed_mem_root_dir: self.file_mem_backend.clone(),
             entropy_source: self.entropy_source.clone(),
             disable_seccomp: self.disable_seccomp,
+            tcg_tb_size: self.tcg_tb_size,
             debug: false,
             guest_hook_path: self.guest_hook_path.clone(),
             disable_vhost_net: self.disable_vhost_net,

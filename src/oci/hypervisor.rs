@@ -90,6 +90,8 @@ pub struct HypervisorConfig {
     pub entropy_source: String,
     /// Run QEMU without its seccomp filter.
     pub disable_seccomp: bool,
+    /// Under emulation (TCG), the size of QEMU's translated-code cache, MiB (0: QEMU's own).
+    pub tcg_tb_size: u32,
     /// Debug output: the guest's console goes to the shim's log (`[runtime] enable_debug`).
     pub debug: bool,
     /// Path inside the guest of OCI hooks.

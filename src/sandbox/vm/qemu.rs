@@ -71,6 +71,15 @@ impl Accelerator {
             Self::Tcg => "tcg",
         }
     }
+
+    /// The value of QEMU's `-accel`: under TCG, with its translation cache capped at
+    /// `tb_size` MiB unless that is 0.
+    fn option(self, tb_size: u32) -> String {
+        match self {
+            Self::Tcg if tb_size > 0 => format!("tcg,tb-size={tb_size}"),
+            _ => self.name().to_string(),
+        }
+    }
 }
 
 /// Where the file recording whether KVM boots a guest on this host lives (it lasts until the
@@ -219,7 +228,7 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
     } else {
         &config.hypervisor_machine_type
     };
-    let mut machine = format!("{machine},accel={}", accelerator.name());
+    let mut machine = machine.to_string();
     if !config.machine_accelerators.is_empty() {
         machine.push(',');
         machine.push_str(&config.machine_accelerators);
@@ -254,6 +263,8 @@ pub fn arguments(config: &HypervisorConfig, vm: &Vm, accelerator: Accelerator) -
         option_value(&vm.dir().to_string_lossy()),
         "-machine".into(),
         machine,
+        "-accel".into(),
+        accelerator.option(config.tcg_tb_size),
         "-cpu".into(),
         cpu.into(),
         "-smp".into(),
@@ -790,7 +801,8 @@ mod tests {
         };
         let two = Vm { vcpus: 2, ..vm() };
         let args = arguments(&config, &two, Accelerator::Tcg);
-        assert_eq!(value_of(&args, "-machine"), ["q35,accel=tcg"]);
+        assert_eq!(value_of(&args, "-machine"), ["q35"]);
+        assert_eq!(value_of(&args, "-accel"), ["tcg"], "QEMU's own cache size");
         assert_eq!(value_of(&args, "-smp"), ["2,maxcpus=4"]);
         assert_eq!(value_of(&args, "-name"), ["/run/vessel/ns/s1"]);
         assert_eq!(
@@ -853,7 +865,15 @@ mod tests {
             value_of(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on")
         );
         let kvm = arguments(&config, &vm(), Accelerator::Kvm);
-        assert_eq!(value_of(&kvm, "-machine"), ["q35,accel=kvm"]);
+        assert_eq!(value_of(&kvm, "-accel"), ["kvm"]);
+        let capped = HypervisorConfig {
+            tcg_tb_size: 24,
+            ..config.clone()
+        };
+        let args = arguments(&capped, &vm(), Accelerator::Tcg);
+        assert_eq!(value_of(&args, "-accel"), ["tcg,tb-size=24"]);
+        let kvm = arguments(&capped, &vm(), Accelerator::Kvm);
+        assert_eq!(value_of(&kvm, "-accel"), ["kvm"], "no cache under KVM");
         assert_eq!(value_of(&kvm, "-cpu"), ["host"]);
         assert!(value_of(&kvm, "-append")[0].contains("tsc=reliable"));
         let debugging = HypervisorConfig {
