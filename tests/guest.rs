@@ -16,12 +16,8 @@ async fn the_guest_boots_serves_the_protocol_and_powers_off() {
     boot_and_serve("vessel.debug=1").await;
 }
 
-/// The opt-in built-in runtime: an exec with a terminal sometimes never starts or loses its
-/// output in the guest (a known race, also seen as 2 of 60 short tty execs losing their output
-/// in the CRI tests); skipped until it is fixed. Run it with `cargo test --test guest --
-/// --ignored`.
+/// The opt-in built-in runtime (libcontainer inside the agent), the same protocol.
 #[tokio::test]
-#[ignore = "the built-in runtime's exec with a terminal races (known, opt-in runtime)"]
 async fn the_agents_builtin_runtime_serves_the_protocol_in_the_guest() {
     boot_and_serve("vessel.debug=1 vessel.runtime=builtin").await;
 }

@@ -5,8 +5,15 @@
 //! init is cloned from the agent, which is already in memory.
 //!
 //! Its state is libcontainer's, under the backend's engine root; cgroups are managed directly
-//! (cgroup v2, no systemd). Each operation blocks (clone, waiting for the init), so it runs on
-//! the blocking pool, never on the agent's one async thread.
+//! (cgroup v2, no systemd).
+//!
+//! libcontainer makes a container's processes by cloning the agent (`clone3`, so no fork
+//! handlers run), and a child of a process with other threads at work inherits whatever locks
+//! they held at that moment (the logger's, the allocator's): it hung on one now and then
+//! before its exec, and the operation with it. So every operation runs on the calling thread,
+//! the agent's one async thread, holding [`CLONE_GATE`] for writing, which keeps the agent's
+//! other threads out: the cloning thread is the only one at work. The agent waits for each
+//! operation (a clone, the wait for the container's init) as a whole.
 
 use std::{
     os::fd::OwnedFd,
@@ -23,7 +30,7 @@ use libcontainer::{
 };
 use oci_spec::runtime::{LinuxResources, Process};
 use vessel::sandbox::{
-    linux::{Engine, EngineIo},
+    linux::{Engine, EngineIo, CLONE_GATE},
     Error, Result,
 };
 
@@ -31,7 +38,6 @@ use vessel::sandbox::{
 pub const NAME: &str = "builtin";
 
 /// The built-in runtime, its containers' state under `root`.
-#[derive(Clone)]
 pub struct Builtin {
     root: PathBuf,
 }
@@ -102,9 +108,6 @@ enum Failure {
     /// A file of the operation (a stream, the exec's process) could not be made.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The blocking task did not finish.
-    #[error("the runtime's task: {0}")]
-    Task(#[from] tokio::task::JoinError),
 }
 
 /// /dev/null, for a stream the process does not get.
@@ -116,17 +119,15 @@ fn null() -> std::io::Result<OwnedFd> {
         .map(OwnedFd::from)
 }
 
-/// Runs `op` of container `id` on the blocking pool, its failure a [`Error::Runtime`].
-async fn blocking<T: Send + 'static>(
+/// Runs `op` of container `id` on this thread with the agent's other threads kept out (see
+/// the module's documentation); its failure is an [`Error::Runtime`].
+fn alone<T>(
     op: &'static str,
     id: &str,
-    work: impl FnOnce() -> std::result::Result<T, Failure> + Send + 'static,
+    work: impl FnOnce() -> std::result::Result<T, Failure>,
 ) -> Result<T> {
-    let done = tokio::task::spawn_blocking(work)
-        .await
-        .map_err(Failure::from)
-        .and_then(|result| result);
-    done.map_err(|e| Error::Runtime {
+    let _alone = CLONE_GATE.write().unwrap_or_else(|e| e.into_inner());
+    work().map_err(|e| Error::Runtime {
         op,
         id: id.to_string(),
         message: e.to_string(),
@@ -151,10 +152,9 @@ impl Engine for Builtin {
     }
 
     async fn create(&self, id: &str, bundle: &Path, io: EngineIo) -> Result<u32> {
-        let (runtime, name, bundle) = (self.clone(), id.to_string(), bundle.to_path_buf());
-        let created = blocking("create", id, move || {
-            let container = runtime
-                .builder(&name, &io)?
+        let pid = alone("create", id, || {
+            let container = self
+                .builder(id, &io)?
                 .as_init(bundle)
                 .with_systemd(false)
                 .with_detach(true)
@@ -162,21 +162,17 @@ impl Engine for Builtin {
             let pid = container.pid().ok_or_else(|| {
                 LibcontainerError::Other("the container has no init process".into())
             })?;
-            Ok((pid.as_raw() as u32, io))
-        })
-        .await;
-        let (pid, io) = created?;
+            Ok(pid.as_raw() as u32)
+        })?;
         close_after_start(&io).await;
         Ok(pid)
     }
 
     async fn start(&self, id: &str) -> Result<()> {
-        let (runtime, name) = (self.clone(), id.to_string());
-        blocking("start", id, move || Ok(runtime.load(&name)?.start()?)).await
+        alone("start", id, || Ok(self.load(id)?.start()?))
     }
 
     async fn exec(&self, id: &str, exec_id: &str, spec: &Process, io: EngineIo) -> Result<u32> {
-        let (runtime, name) = (self.clone(), id.to_string());
         // libcontainer reads the process of an exec from a file.
         let file = self.root.join(format!("{id}.{exec_id}.process.json"));
         let json = serde_json::to_vec(spec).map_err(|e| Error::Runtime {
@@ -186,78 +182,64 @@ impl Engine for Builtin {
         })?;
         std::fs::write(&file, json)
             .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
-        let process = file.clone();
-        let ran = blocking("exec", id, move || {
-            let pid = runtime
-                .builder(&name, &io)?
+        let ran = alone("exec", id, || {
+            let pid = self
+                .builder(id, &io)?
                 .as_tenant()
-                .with_process(Some(process))
+                .with_process(Some(file.clone()))
                 .with_detach(true)
                 .build()?;
-            Ok((pid.as_raw() as u32, io))
-        })
-        .await;
+            Ok(pid.as_raw() as u32)
+        });
         let _ = std::fs::remove_file(&file);
-        let (pid, io) = ran?;
+        let pid = ran?;
         close_after_start(&io).await;
         Ok(pid)
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let (runtime, name) = (self.clone(), id.to_string());
-        blocking("kill", id, move || {
+        alone("kill", id, || {
             let signal = Signal::try_from(signal as i32).map_err(|_| Failure::Signal(signal))?;
-            Ok(runtime.load(&name)?.kill(signal, all)?)
+            Ok(self.load(id)?.kill(signal, all)?)
         })
-        .await
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
         if !self.root.join(id).exists() {
             return Ok(());
         }
-        let (runtime, name) = (self.clone(), id.to_string());
-        blocking("delete", id, move || {
-            Ok(runtime.load(&name)?.delete(true)?)
-        })
-        .await
+        alone("delete", id, || Ok(self.load(id)?.delete(true)?))
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
-        let (runtime, name) = (self.clone(), id.to_string());
-        blocking("pause", id, move || Ok(runtime.load(&name)?.pause()?)).await
+        alone("pause", id, || Ok(self.load(id)?.pause()?))
     }
 
     async fn resume(&self, id: &str) -> Result<()> {
-        let (runtime, name) = (self.clone(), id.to_string());
-        blocking("resume", id, move || Ok(runtime.load(&name)?.resume()?)).await
+        alone("resume", id, || Ok(self.load(id)?.resume()?))
     }
 
     async fn ps(&self, id: &str) -> Result<Vec<u32>> {
-        let (runtime, name) = (self.clone(), id.to_string());
-        blocking("ps", id, move || {
-            let pids = cgroup(&runtime.load(&name)?)?
+        alone("ps", id, || {
+            let pids = cgroup(&self.load(id)?)?
                 .get_all_pids()
                 .map_err(|e| Failure::Cgroup(e.to_string()))?;
             Ok(pids.into_iter().map(|pid| pid.as_raw() as u32).collect())
         })
-        .await
     }
 
     async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
-        let (runtime, name, resources) = (self.clone(), id.to_string(), resources.clone());
-        blocking("update", id, move || {
+        alone("update", id, || {
             let opts = ControllerOpt {
-                resources: &resources,
+                resources,
                 disable_oom_killer: false,
                 oom_score_adj: None,
                 freezer_state: None,
             };
-            cgroup(&runtime.load(&name)?)?
+            cgroup(&self.load(id)?)?
                 .apply(&opts)
                 .map_err(|e| Failure::Cgroup(e.to_string()))
         })
-        .await
     }
 }
 

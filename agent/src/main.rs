@@ -25,7 +25,7 @@ use clap::Parser;
 use tokio::sync::Notify;
 use vessel::{
     protos::agent_ttrpc,
-    sandbox::linux::{engine_root, LinuxSandbox},
+    sandbox::linux::{engine_root, LinuxSandbox, CLONE_GATE},
 };
 
 /// The agent as a host process.
@@ -209,6 +209,7 @@ async fn serve(mut settings: Settings, pid1: bool) -> Result<(), String> {
         let loading = std::thread::Builder::new()
             .name("modules".into())
             .spawn(move || {
+                let _gate = CLONE_GATE.read().unwrap_or_else(|e| e.into_inner());
                 // SAFETY: on Linux, setpriority of pid 0 changes the calling thread only.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 modules.load(&drivers);

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vessel::protos::agent as api;
+use vessel::{protos::agent as api, sandbox::linux::CLONE_GATE};
 
 /// Where the kernel lists CPUs and memory blocks.
 const SYSFS: &str = "/sys/devices/system";
@@ -331,6 +331,7 @@ static ONLINING: Mutex<()> = Mutex::new(());
 pub async fn online_resources(wanted: u32) -> Result<api::GuestResources, Failure> {
     let touch = std::process::id() == 1;
     let work = tokio::task::spawn_blocking(move || {
+        let _gate = CLONE_GATE.read().unwrap_or_else(|e| e.into_inner());
         let _one = ONLINING.lock().unwrap_or_else(|e| e.into_inner());
         online(
             &Sysfs::new(SYSFS),

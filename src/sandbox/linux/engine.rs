@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, RwLock},
 };
 
 use async_trait::async_trait;
@@ -61,6 +61,12 @@ pub trait Engine: Send + Sync {
     /// Applies new resource limits to the container's cgroup.
     async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
 }
+
+/// Held for writing by an engine that clones the process it runs in (the guest agent's
+/// built-in runtime) for the whole of each operation, and for reading by that process's work
+/// on threads of its own: a child cloned while another thread is at work inherits the locks
+/// that thread held and can hang on one before its exec.
+pub static CLONE_GATE: RwLock<()> = RwLock::new(());
 
 /// Where an engine keeps its containers' state: `runc` in the sandbox's state directory.
 pub fn engine_root(dir: &Path) -> PathBuf {

@@ -14,7 +14,7 @@ mod stdio;
 mod tracker;
 
 pub use binary::RuncEngine;
-pub use engine::{engine_root, Engine, EngineIo};
+pub use engine::{engine_root, Engine, EngineIo, CLONE_GATE};
 pub use runtime::{reaped_output, ProcessPipes, ReapedError};
 
 use std::{
@@ -350,9 +350,12 @@ impl Sandbox for LinuxSandbox {
 
     async fn stats(&self, id: &str) -> Result<Stats> {
         let pid = self.pid_of(id, "")?;
-        let metrics = tokio::task::spawn_blocking(move || cgroup_stats(pid))
-            .await
-            .map_err(|e| Error::io("collect metrics", std::io::Error::other(e.to_string())))?;
+        let metrics = tokio::task::spawn_blocking(move || {
+            let _gate = CLONE_GATE.read().unwrap_or_else(|e| e.into_inner());
+            cgroup_stats(pid)
+        })
+        .await
+        .map_err(|e| Error::io("collect metrics", std::io::Error::other(e.to_string())))?;
         metrics.map_err(|e| {
             Error::io(
                 format!("collect cgroup metrics of {id}"),
