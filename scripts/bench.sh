@@ -4,16 +4,18 @@
 #   2. RSS (VmRSS) and PSS (smaps_rollup) of one idle shim per runtime,
 #      each serving a `sleep 1000` container
 #   3. the vm backend: median time from `ctr run` to the container's first output from a VM
-#      cloned from a template and from a booted one, beside a bare boot of the same kernel
-#      and initramfs to init (the floor), interleaved; the PSS of one idle pod (its shim and
-#      its QEMU) and of three idle pods cloned from one template
+#      cloned from a template (crun; the agent's built-in runtime with QEMU's translated-code
+#      cache capped at VM_TB_SIZE MiB) and from a booted one, beside a bare boot of the same
+#      kernel and initramfs to init (the floor), interleaved; the PSS of one idle pod (its shim
+#      and its QEMU) and of three idle pods cloned from one template (each of the two ways)
 #      and the time of a VM's hot-add (TCG): 1 GiB of memory (virtio-mem), 2 vCPUs (ACPI
 #      hotplug, onlined by the agent), as the shim logs its resize of the pod's VM
 #   4. `cargo bench --bench convert` (OCI spec conversion core)
 #   5. `cargo bench --bench guest`: the guest's bare boot to init beside its boot to the
 #      agent's first health check, the agent's and the initramfs's sizes
 #
-#   scripts/bench.sh   (env: N=20, SHIM_DIR=dir of the release shim, SKIP_CARGO_BENCH=1,
+#   scripts/bench.sh   (env: N=20, VM_N=5, VM_TB_SIZE=28, SHIM_DIR=dir of the release shim,
+#                       SKIP_CARGO_BENCH=1,
 #                       VESSEL_GUEST_DIR and VESSEL_AGENT for the guest benchmark)
 #   `make bench` builds the release shim (static), the guest image, and runs this.
 set -euo pipefail
@@ -105,10 +107,12 @@ memory() {
 VM_N=${VM_N:-5}
 VM_CONFIG=$DIR/vessel-vm.toml
 VM_TEMPLATE_CONFIG=$DIR/vessel-vm-template.toml
-# The same, the guest's containers run by the agent's built-in runtime instead of crun.
+# The same, the guest's containers run by the agent's built-in runtime instead of crun, and
+# QEMU's cache of translated code capped (TCG) at VM_TB_SIZE MiB.
+VM_TB_SIZE=${VM_TB_SIZE:-28}
 VM_BUILTIN_CONFIG=$DIR/vessel-vm-template-builtin.toml
 sed -e 's|^\[hypervisor.qemu\]$|[hypervisor.qemu]\nkernel_params = "vessel.runtime=builtin"|' \
-    "$VM_TEMPLATE_CONFIG" >"$VM_BUILTIN_CONFIG"
+    -e "s|^tcg_tb_size = .*|tcg_tb_size = $VM_TB_SIZE|" "$VM_TEMPLATE_CONFIG" >"$VM_BUILTIN_CONFIG"
 GUEST=${VESSEL_GUEST_DIR:-$REPO/build/guest}
 KERNEL_PARAMS="console=ttyS0 clocksource=hpet tsc=unstable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests pci=lastbus=0 quiet panic=-1"
@@ -157,7 +161,8 @@ vm_floor_once() {
 }
 
 # "template_ms builtin_ms boot_ms floor_ms": medians of VM_N runs each of the first output
-# from a VM cloned from a template (crun, then the agent's built-in runtime), from a booted
+# from a VM cloned from a template (crun, then the agent's built-in runtime with QEMU's
+# translation cache at VM_TB_SIZE MiB), from a booted
 # VM, and of the bare boot, interleaved so that a host whose speed drifts (TCG on a shared
 # machine) weighs on all alike
 vm_first_output_and_floor() {
@@ -199,17 +204,18 @@ vm_pod_pss() {
     pod_pss "$id"
 }
 
-# PSS (KiB) of three idle pods cloned from one template, measured together (the template's
-# pages are shared between them): "per_pod total shim qemu" (the last two of the first pod)
+# PSS (KiB) of three idle pods of configuration CONFIG (TAG in their names) cloned from one
+# template, measured together (the template's pages are shared between them): "per_pod total
+# shim qemu" (the last two of the first pod)
 vm_template_pods_pss() {
-    local n id first="" total=0 line
+    local config=$1 tag=$2 n id first="" total=0 line
     for n in 1 2 3; do
-        c run -d --runtime "$VESSEL" --runtime-config-path "$VM_TEMPLATE_CONFIG" "$IMAGE" \
-            "bench-tpl-idle-$$-$n" sleep 1000 >/dev/null 2>&1 || { echo failed; return 0; }
+        c run -d --runtime "$VESSEL" --runtime-config-path "$config" "$IMAGE" \
+            "bench-$tag-idle-$$-$n" sleep 1000 >/dev/null 2>&1 || { echo failed; return 0; }
     done
     sleep 3
     for n in 1 2 3; do
-        id="bench-tpl-idle-$$-$n"
+        id="bench-$tag-idle-$$-$n"
         line=$(pod_pss "$id")
         [ "$line" != failed ] || { echo failed; return 0; }
         total=$((total + ${line%% *}))
@@ -256,10 +262,11 @@ if [ -f "$GUEST/vmlinux" ]; then
     "$SHIM_BIN" factory init --config "$VM_BUILTIN_CONFIG" >/dev/null || FAILED=1
     read -r VM_CLONE VM_BUILTIN VM_FIRST VM_FLOOR < <(vm_first_output_and_floor)
     read -r VM_PSS VM_SHIM_PSS VM_QEMU_PSS < <(vm_pod_pss)
-    read -r VM_TPL_PSS VM_TPL_TOTAL VM_TPL_SHIM VM_TPL_QEMU < <(vm_template_pods_pss)
+    read -r VM_TPL_PSS VM_TPL_TOTAL VM_TPL_SHIM VM_TPL_QEMU < <(vm_template_pods_pss "$VM_TEMPLATE_CONFIG" tpl)
+    read -r VM_BTPL_PSS VM_BTPL_TOTAL VM_BTPL_SHIM VM_BTPL_QEMU < <(vm_template_pods_pss "$VM_BUILTIN_CONFIG" btpl)
     printf '%-44s %10s\n' "factory init: template made (ms)" "$VM_TEMPLATE_MS"
     printf '%-44s %10s\n' "ctr run to first output, from template (ms)" "$VM_CLONE"
-    printf '%-44s %10s\n' "  the same, built-in runtime (ms)" "$VM_BUILTIN"
+    printf '%-44s %10s\n' "  the same, built-in, tcg_tb_size $VM_TB_SIZE (ms)" "$VM_BUILTIN"
     printf '%-44s %10s\n' "ctr run to first output, booted VM (ms)" "$VM_FIRST"
     printf '%-44s %10s\n' "bare boot to init, same VM (ms, the floor)" "$VM_FLOOR"
     ratio() { awk -v a="$1" -v b="$VM_FLOOR" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }'; }
@@ -268,11 +275,14 @@ if [ -f "$GUEST/vmlinux" ]; then
     printf '%-44s %10s\n' "  of which shim / QEMU (KiB)" "${VM_SHIM_PSS:-?} / ${VM_QEMU_PSS:-?}"
     printf '%-44s %10s\n' "idle template pod PSS, 3 pods (KiB per pod)" "$VM_TPL_PSS"
     printf '%-44s %10s\n' "  3 pods together; first: shim / QEMU (KiB)" "${VM_TPL_TOTAL:-?}; ${VM_TPL_SHIM:-?} / ${VM_TPL_QEMU:-?}"
+    printf '%-44s %10s\n' "  the same, built-in, tcg_tb_size $VM_TB_SIZE (KiB)" "$VM_BTPL_PSS"
+    printf '%-44s %10s\n' "  3 pods together; first: shim / QEMU (KiB)" "${VM_BTPL_TOTAL:-?}; ${VM_BTPL_SHIM:-?} / ${VM_BTPL_QEMU:-?}"
     VM_MEM_MS=$(vm_hotplug_ms mem --memory-limit 1073741824)
     VM_CPU_MS=$(vm_hotplug_ms cpu --cpus 2)
     printf '%-44s %10s\n' "hot-add of 1 GiB, plugged and online (ms)" "$VM_MEM_MS"
     printf '%-44s %10s\n\n' "hot-add of 2 vCPUs (or the host's), online (ms)" "$VM_CPU_MS"
-    for v in "$VM_CLONE" "$VM_BUILTIN" "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_TPL_PSS" "$VM_MEM_MS" "$VM_CPU_MS"; do
+    for v in "$VM_CLONE" "$VM_BUILTIN" "$VM_FIRST" "$VM_FLOOR" "$VM_PSS" "$VM_TPL_PSS" "$VM_BTPL_PSS" \
+        "$VM_MEM_MS" "$VM_CPU_MS"; do
         [ "$v" != failed ] || FAILED=1
     done
 else
