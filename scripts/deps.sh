@@ -23,6 +23,7 @@ BASE_PACKAGES=(
     bsdutils                                         # script(1): tty tests
     nftables                                         # port forwarding into vm pods
     libseccomp-dev                                   # the agent's built-in runtime (seccomp)
+    libelf-dev zlib1g-dev                            # ... and its device rules (libbpf)
 )
 VM_PACKAGES=(qemu-system-x86)
 # virtiofsd is not in bookworm: built from crates.io (what it links, and the version).

@@ -704,6 +704,38 @@ fn guest_memory_is_backed_as_configured() {
     assert_no_leftovers(&id);
 }
 
+/// A container's device rules hold in the guest with crun and with the agent's built-in
+/// runtime (its eBPF device program on cgroup v2): a node it makes for a device it was not
+/// given (the guest's serial port) cannot be opened, while /dev/null still can.
+#[test]
+fn a_vm_container_cannot_open_a_device_outside_its_rules() {
+    let builtin = vm_config_with(
+        "vessel-vm-builtin.toml",
+        &[("kernel_params", "\"vessel.runtime=builtin\"")],
+    );
+    let script = "mknod /dev/serial c 4 64 && echo made; \
+                  (echo x > /dev/serial) 2>/dev/null && echo opened || echo refused; \
+                  echo x > /dev/null && echo null-ok";
+    for (what, config) in [("crun", vm_config()), ("built-in runtime", builtin)] {
+        let id = unique_id("vm-devices");
+        let _guard = ContainerGuard::new(&id);
+        let out = run_rm(
+            &id,
+            &["--runtime-config-path", &config],
+            &["sh", "-c", script],
+        )
+        .timeout(Duration::from_secs(180))
+        .run();
+        assert_eq!(
+            stdout(&out),
+            "made\nrefused\nnull-ok\n",
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_no_leftovers(&id);
+    }
+}
+
 /// What a privileged container can do with kata's guest kernel it can do in ours: the kernel
 /// loads the modules it asks for (bridge, veth, tun, overlay) from those the host shares with
 /// the VM read-only, and a container given only CAP_NET_ADMIN adds a bridge too.
