@@ -102,9 +102,9 @@ pub struct QemuSection {
     /// change its credentials or use obsolete system calls.
     pub disable_seccomp: bool,
     /// Under emulation (TCG, no usable /dev/kvm), the size in MiB of QEMU's cache of
-    /// translated guest code (`-accel tcg,tb-size=N`); 0 leaves QEMU's default (up to 1 GiB,
-    /// touched as it fills). Each VM's cache is its own memory: a cap keeps an idle VM small
-    /// at the cost of translating again what no longer fits. Unused under KVM.
+    /// translated guest code (`-accel tcg,tb-size=N`); 0 leaves QEMU's default (touched as it
+    /// fills). Each VM's cache is its own memory: a cap keeps an idle VM small at the cost of
+    /// translating again what no longer fits. Unused under KVM.
     pub tcg_tb_size: u32,
     /// Host directory backing guest memory with files (empty: anonymous memory).
     pub file_mem_backend: String,
